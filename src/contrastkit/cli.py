@@ -1,0 +1,190 @@
+"""The ``contrastkit`` command line: train, embed, evaluate.
+
+Training options are generated from :class:`~contrastkit.config.TrainConfig`,
+so their defaults and help live in one place. Errors a user can cause are
+printed as one line naming the file or option, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from contrastkit import __version__
+from contrastkit.config import (
+    DEVICE_NAMES,
+    DISTANCE_NAMES,
+    METHOD_NAMES,
+    OPTIMIZER_NAMES,
+    PRECISION_NAMES,
+    TrainConfig,
+)
+from contrastkit.errors import ConfigError, ContrastkitError
+
+CHOICES = {
+    "method": METHOD_NAMES,
+    "optimizer": OPTIMIZER_NAMES,
+    "distance": DISTANCE_NAMES,
+    "device": DEVICE_NAMES,
+    "precision": PRECISION_NAMES,
+}
+TYPES = {"int": int, "float": float, "str": str}
+RESUMABLE_OVERRIDES = {"device", "checkpoint_minutes"}  # options a resumed run may change
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field; defaults are suppressed so only given options are set."""
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        shown = "omitted" if default is None else default
+        help_text = f"{f.metadata['help']} (default: {shown})"
+        if f.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+            continue
+        base = TYPES[f.type.replace(" | None", "")]
+        parser.add_argument(
+            flag, type=base, default=argparse.SUPPRESS, choices=CHOICES.get(f.name),
+            metavar=f.name.upper() if f.name not in CHOICES else None, help=help_text,
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used to document the CLI)."""
+    parser = argparse.ArgumentParser(
+        prog="contrastkit",
+        description="Contrastive self-supervised learning on images: train an encoder without labels, "
+        "then embed and evaluate.",
+    )
+    parser.add_argument("--version", action="version", version=f"contrastkit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser(
+        "train", help="train an encoder without labels",
+        description="Train an image encoder with a contrastive method. Writes a run folder with config.json, "
+        "log.jsonl (one JSON line per epoch) and checkpoints/{last,best}.pt. A run killed at any moment "
+        "continues with --resume.",
+    )
+    train.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<data>-<method>-<time>)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_options(train)
+
+    embed = sub.add_parser(
+        "embed", help="write backbone features of every image",
+        description="Embed a data set with a run's best checkpoint. Writes embeddings.npy (float32, train rows "
+        "then test rows), items.csv (index,split,source,label) and meta.json.",
+    )
+    embed.add_argument("run", type=Path, help="run folder written by `contrastkit train`")
+    embed.add_argument("--data", default=None, help="data set to embed (default: the run's own)")
+    embed.add_argument("--out", type=Path, default=None, help="output folder (default: the run folder)")
+    embed.add_argument("--batch-size", type=int, default=512, help="images per forward pass (default: 512)")
+
+    evaluate = sub.add_parser(
+        "evaluate", help="kNN and linear-probe accuracy against baselines",
+        description="Evaluate a run's frozen features: kNN (cosine, k=20 vote and weighted k=200), a linear probe, "
+        "per-class accuracy, and the raw-pixel kNN baseline; writes metrics.json into the run folder. "
+        "Embeds the data first if embeddings.npy is missing.",
+    )
+    evaluate.add_argument("run", type=Path, help="run folder written by `contrastkit train`")
+    evaluate.add_argument("--data", default=None, help="labelled data set to evaluate on (default: the run's own)")
+    evaluate.add_argument(
+        "--baseline", choices=("supervised",), default=None,
+        help="also train the same backbone with labels on the same budget and report it beside the SSL figures",
+    )
+    evaluate.add_argument("--json", action="store_true", help="print metrics.json instead of the table")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    given: dict[str, Any] = {k: v for k, v in vars(args).items() if k in names}
+    if args.resume:
+        if args.out is None:
+            raise ConfigError("--resume needs --out, the run folder to continue")
+        saved = TrainConfig.load(args.out / "config.json")
+        changed = {k: v for k, v in given.items() if getattr(saved, k) != v and k not in RESUMABLE_OVERRIDES}
+        if changed:
+            opts = ", ".join(f"--{k.replace('_', '-')}" for k in sorted(changed))
+            raise ConfigError(f"{args.out}: a resumed run keeps its configuration; drop {opts} (saved in {args.out / 'config.json'})")
+        config = dataclasses.replace(saved, **{k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES})
+        return config, args.out
+    config = TrainConfig(**given)
+    out = args.out
+    if out is None:
+        data_name = Path(config.data).name if config.data else "default"
+        out = Path("runs") / f"{data_name}-{config.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return config, out
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from contrastkit.data import load_dataset
+    from contrastkit.methods import build_method
+    from contrastkit.train import fit
+
+    config, out = _config_from_args(args)
+    data = load_dataset(config.data, image_size=config.image_size)
+    method = build_method(config, data.train.shape[0], data.train.num_classes)
+    result = fit(method, data, config, out, resume=args.resume, progress=not args.quiet)
+    best = f"{result.best_knn:.2%}" if result.best_knn is not None else "n/a (no labels)"
+    print(f"run folder: {out}")
+    print(f"epochs: {len(result.history)}/{config.epochs}{' (stopped early)' if result.stopped_early else ''}  best kNN monitor: {best}")
+    print(f"next: contrastkit evaluate {out}")
+    return 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from contrastkit.embedding import embed_run
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    emb = embed_run(args.run, data_spec=args.data, out_dir=args.out, batch_size=args.batch_size)
+    out = args.out or args.run
+    print(f"wrote {out / 'embeddings.npy'} ({emb.features.shape[0]} x {emb.features.shape[1]} float32), "
+          f"{out / 'items.csv'}, {out / 'meta.json'}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from contrastkit.data import load_dataset
+    from contrastkit.evaluation import evaluate_run, format_metrics
+
+    data = None
+    if args.data is not None:
+        config = TrainConfig.load(args.run / "config.json")
+        data = load_dataset(args.data, image_size=config.image_size)
+    metrics = evaluate_run(args.run, data=data, baseline=args.baseline, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(format_metrics(metrics))
+        print(f"run folder: {args.run}  (metrics written to {args.run / 'metrics.json'})")
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "embed": _cmd_embed, "evaluate": _cmd_evaluate}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``contrastkit`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ContrastkitError as e:
+        print(f"contrastkit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ncontrastkit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""One home for every training default.
+
+:class:`TrainConfig` is a frozen dataclass: the CLI builds its options from
+these fields (so ``--help`` shows these defaults), the training loop reads
+it, and a copy is saved as ``config.json`` in every run folder and inside
+every checkpoint. Each field's comment gives its unit and the advice behind
+the default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from contrastkit.errors import ConfigError
+from contrastkit.losses import DISTANCES as DISTANCE_NAMES
+
+METHOD_NAMES = ("simclr", "pairwise", "supcon", "supervised")
+OPTIMIZER_NAMES = ("adamw", "lars")
+DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
+PRECISION_NAMES = ("auto", "bf16", "fp16", "fp32")
+
+
+def _field(default: Any, help: str) -> Any:
+    """A dataclass field whose help text (unit and advice) the CLI shows."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run.
+
+    Defaults are the recipe measured best for small images on CPU (see
+    BENCHMARKS.md); every field can be set from ``contrastkit train``.
+    """
+
+    # --- data ---
+    data: str | None = _field(None, "data set: a built-in name (default, fashion-mnist, cifar10, cifar100, digits, ...) or a path to IDX files, CIFAR batches, an image folder or an .npz; omitted = the embedded Fashion-MNIST subset (10k train / 2k test)")
+    image_size: int | None = _field(None, "side of the square training views in px; omitted = the images' own size")
+
+    # --- model ---
+    method: str = _field("simclr", "training method: simclr (NT-Xent), pairwise (margin contrastive loss), supcon (needs labels), supervised (baseline, needs labels)")
+    backbone: str = _field("small_cnn", "encoder network: small_cnn (fast, for 28-32 px), seed_cnn, resnet18, resnet34, resnet50")
+    proj_hidden_dim: int = _field(512, "hidden width of the projection MLP")
+    proj_dim: int = _field(128, "output dimension of the projection MLP (SimCLR: 128)")
+
+    # --- loss ---
+    temperature: float = _field(0.2, "NT-Xent / SupCon temperature tau (> 0); 0.1-0.5 works, lower values need larger batches")
+    margin: float = _field(1.0, "margin m (> 0) of the pairwise loss, in units of --distance on L2-normalised projections (d in [0, 2])")
+    distance: str = _field("euclidean", "distance of the pairwise loss: euclidean or cosine (1 - cos)")
+
+    # --- optimisation ---
+    epochs: int = _field(30, "passes over the training split")
+    batch_size: int = _field(512, "images per step (each gives 2 views); larger batches give NT-Xent more negatives")
+    optimizer: str = _field("adamw", "adamw (robust at small batches) or lars (SimCLR's choice for large batches)")
+    lr: float | None = _field(None, "peak learning rate after warm-up; omitted = 2e-3 for adamw, 0.3 x batch/256 for lars (SimCLR)")
+    weight_decay: float | None = _field(None, "weight decay, never applied to biases and norms; omitted = 5e-4 for adamw, 1e-6 for lars")
+    warmup_epochs: float = _field(2.0, "epochs of linear learning-rate warm-up, followed by cosine decay to 0")
+
+    # --- run ---
+    seed: int = _field(0, "seeds initialisation, shuffling and augmentation: same seed, same weights")
+    device: str = _field("auto", "auto picks cuda, then mps, then cpu")
+    precision: str = _field("auto", "auto = bf16 autocast on CUDA and on CPUs with bf16 instructions (AVX512-BF16/AMX), else fp32")
+    channels_last: bool = _field(True, "NHWC memory format (faster convolutions on CPU and GPU)")
+    patience: int = _field(0, "stop after this many epochs without a better kNN monitor score; 0 = never")
+    monitor_bank: int = _field(10000, "training images (unaugmented) in the kNN monitor's bank")
+    monitor_queries: int = _field(2000, "held-out images classified by the kNN monitor each epoch")
+    knn_k: int = _field(20, "neighbours of the kNN monitor (cosine similarity, majority vote)")
+    checkpoint_minutes: float = _field(5.0, "also checkpoint inside an epoch at this interval, in minutes")
+
+
+    def __post_init__(self) -> None:
+        _check_choice("method", self.method, METHOD_NAMES)
+        _check_choice("optimizer", self.optimizer, OPTIMIZER_NAMES)
+        _check_choice("distance", self.distance, DISTANCE_NAMES)
+        _check_choice("device", self.device, DEVICE_NAMES)
+        _check_choice("precision", self.precision, PRECISION_NAMES)
+        _check_positive("epochs", self.epochs)
+        _check_positive("proj_hidden_dim", self.proj_hidden_dim)
+        _check_positive("proj_dim", self.proj_dim)
+        _check_positive("temperature", self.temperature)
+        _check_positive("margin", self.margin)
+        _check_positive("monitor_bank", self.monitor_bank)
+        _check_positive("monitor_queries", self.monitor_queries)
+        _check_positive("knn_k", self.knn_k)
+        _check_positive("checkpoint_minutes", self.checkpoint_minutes)
+        if self.batch_size < 2:
+            raise ConfigError(f"--batch-size must be at least 2 (contrastive losses need other images), got {self.batch_size}")
+        if self.image_size is not None and self.image_size < 8:
+            raise ConfigError(f"--image-size must be at least 8 px, got {self.image_size}")
+        if self.lr is not None:
+            _check_positive("lr", self.lr)
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
+        if self.patience < 0:
+            raise ConfigError(f"--patience must be >= 0 (0 = never stop early), got {self.patience}")
+
+    @property
+    def peak_lr(self) -> float:
+        """The learning rate after warm-up: ``lr`` or the optimiser's default."""
+        if self.lr is not None:
+            return self.lr
+        if self.optimizer == "lars":
+            return 0.3 * self.batch_size / 256  # SimCLR, arXiv 2002.05709, appendix B.1
+        return 2e-3
+
+    @property
+    def decay(self) -> float:
+        """Weight decay: ``weight_decay`` or the optimiser's default."""
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 1e-6 if self.optimizer == "lars" else 5e-4
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Build from a dict, refusing unknown keys with a clear message."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown configuration keys {unknown}; known keys: {sorted(known)}")
+        return cls(**values)
+
+    def save(self, path: Path) -> None:
+        """Write as indented JSON (atomically)."""
+        from contrastkit.atomic import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainConfig":
+        """Read a config.json written by :meth:`save`."""
+        try:
+            values = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such configuration file") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a JSON object of configuration values")
+        return cls.from_dict(values)
+
+
+def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(valid)}")
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")

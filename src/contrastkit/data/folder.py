@@ -1,0 +1,328 @@
+"""Reader for folders of image files (PNG, JPEG, WebP, BMP), decoded with Pillow.
+
+Layouts:
+
+- ``root/<class>/**/*.png``: labelled; class names are the sorted subfolder names.
+- ``root/*.png``: unlabelled.
+- ``root/train/...`` with ``root/test/...`` (or ``root/val/...``): the two
+  splits, each in one of the layouts above; class names come from train. A
+  ``root/train`` without a test or val folder is read alone and split.
+
+Without train/test folders a deterministic stratified 10 % is held out for
+testing (:func:`held_out_indices`). Hidden files and folders (names starting
+with ``.``) and files with other extensions are ignored.
+
+Pixels: the data set has 1 channel when every image is grayscale (judged from
+the file headers, before any pixel is decoded), else 3 (RGB). 16-bit images
+are scaled to 8 bits (``round(v * 255 / 65535)``); transparent images are
+composited on a white background, as a browser shows them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from contrastkit.data.dataset import DataSplits, ImageDataset, held_out_indices
+from contrastkit.errors import ConfigError, DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+PROGRESS_MIN_ITEMS = 5000  # show a progress bar (stderr) above this many files
+
+_GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+_SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+
+
+def _decode_error(path: Path, e: Exception) -> DataError:
+    """A DataError naming the file and Pillow's reason."""
+    empty = " (empty file)" if path.is_file() and path.stat().st_size == 0 else ""
+    return DataError(f"{path.resolve()}: cannot decode image{empty}: {e}")
+
+
+def _is_gray(im: Image.Image) -> bool:
+    """Whether an opened (not decoded) image is grayscale, from its mode and palette."""
+    if im.mode in _GRAY_MODES:
+        return True
+    if im.mode in ("P", "PA") and im.palette is not None:
+        k = len(im.palette.mode)  # "RGB" -> 3 bytes per entry, "RGBA" -> 4
+        pal = np.frombuffer(bytes(im.palette.palette), dtype=np.uint8)
+        if k < 3 or pal.size == 0 or pal.size % k:
+            return False
+        pal = pal.reshape(-1, k)  # (entries, k)
+        return bool(np.all(pal[:, 0] == pal[:, 1]) and np.all(pal[:, 1] == pal[:, 2]))
+    return False
+
+
+def _read_header(path: Path) -> tuple[bool, tuple[int, int]]:
+    """(is grayscale, (H, W)) of one image file, without decoding its pixels."""
+    try:
+        with Image.open(path) as im:
+            return _is_gray(im), (im.height, im.width)
+    except Exception as e:  # Pillow raises many types (OSError, SyntaxError, ...) on bad files
+        raise _decode_error(path, e) from e
+
+
+def _convert(im: Image.Image, channels: int) -> Image.Image:
+    """A decoded image as 8-bit "L" (channels 1) or "RGB" (channels 3)."""
+    if im.mode in _SIXTEEN_BIT_MODES:
+        v = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
+        im = Image.fromarray(((v * 255 + 32767) // 65535).astype(np.uint8))  # 16 -> 8 bits, rounded
+    elif im.mode in _ALPHA_MODES or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("L" if channels == 1 else "RGB")
+
+
+def _decode(path: Path, channels: int, size: tuple[int, int] | None) -> np.ndarray:
+    """Decode one file to uint8 (C, H, W), resized to ``size`` = (H, W) when given."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            out = _convert(im, channels)
+    except Exception as e:  # Pillow raises many types (OSError, SyntaxError, ...) on bad files
+        raise _decode_error(path, e) from e
+    if size is not None and (out.height, out.width) != size:
+        # Pillow's bilinear filter widens its support when shrinking: antialiased.
+        out = out.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    arr = np.array(out)  # (H, W) or (H, W, 3); a writable copy
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # -> (C, H, W)
+
+
+def check_image_size(image_size: int | None) -> None:
+    """Raise a ConfigError unless ``image_size`` is None or a positive integer."""
+    if image_size is not None and (
+        isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1
+    ):
+        raise ConfigError(f"--image-size must be a positive integer or None, got {image_size!r}")
+
+
+def _check_channels(channels: int) -> None:
+    if channels not in (1, 3):
+        raise ConfigError(f"channels must be 1 or 3, got {channels!r}")
+
+
+def load_image_file(path: Path, channels: int, size: tuple[int, int] | None) -> torch.Tensor:
+    """Decode one image file the way :func:`load_folder` decodes its images.
+
+    Args:
+        path: the image file.
+        channels: 1 (grayscale) or 3 (RGB).
+        size: (H, W) to resize to (bilinear, antialiased), or None to keep it.
+
+    Returns:
+        uint8 tensor (C, H, W).
+    """
+    path = Path(path)
+    _check_channels(channels)
+    if not path.is_file():
+        raise DataError(f"{path}: image file does not exist")
+    return torch.from_numpy(np.ascontiguousarray(_decode(path, channels, size)))
+
+
+class LazyFolderImages:
+    """Image files decoded on demand (implements the ``LazyImages`` protocol).
+
+    Attributes:
+        files: the image files, in item order.
+        shape: (N, C, H, W) of the decoded images.
+    """
+
+    def __init__(self, files: Sequence[Path], channels: int, size: tuple[int, int]) -> None:
+        """Set up the files; nothing is decoded here.
+
+        Args:
+            files: the image files, in item order.
+            channels: 1 or 3.
+            size: (H, W) every image is decoded to (resized when it differs).
+        """
+        _check_channels(channels)
+        self.files = list(files)
+        self.channels = channels
+        self.size = size
+        self.shape = (len(self.files), channels, size[0], size[1])
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def get_batch(self, indices: torch.Tensor) -> torch.Tensor:
+        """Decode the files at int64 ``indices`` (B,) into uint8 (B, C, H, W)."""
+        idx = torch.as_tensor(indices, dtype=torch.int64).reshape(-1).tolist()
+        out = torch.empty((len(idx), *self.shape[1:]), dtype=torch.uint8)  # (B, C, H, W)
+        for j, i in enumerate(idx):
+            out[j] = torch.from_numpy(_decode(self.files[i], self.channels, self.size))
+        return out
+
+    def view(self, indices: Sequence[int] | np.ndarray) -> "LazyFolderImages":
+        """A lazy data set of the files at ``indices`` (nothing is decoded)."""
+        return LazyFolderImages([self.files[int(i)] for i in indices], self.channels, self.size)
+
+
+def _image_files(folder: Path, recursive: bool) -> list[Path]:
+    """Sorted image files under ``folder``, skipping hidden files and folders."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(
+        p for p in found
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and p.is_file()
+    )
+
+
+def _scan(folder: Path) -> tuple[list[Path], dict[str, list[Path]] | None]:
+    """(flat image files, None) or ([], {class name: files}) for one split folder."""
+    top = _image_files(folder, recursive=False)
+    classes: dict[str, list[Path]] = {}
+    for d in sorted(folder.iterdir(), key=lambda p: p.name):
+        if d.is_dir() and not d.name.startswith("."):
+            files = _image_files(d, recursive=True)
+            if files:
+                classes[d.name] = files
+    if top and classes:
+        raise DataError(
+            f"{folder}: holds both images and class subfolders ({', '.join(classes)}); "
+            "put every image into a class folder, or use a flat folder of images"
+        )
+    if not top and not classes:
+        raise DataError(
+            f"{folder}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)} files, "
+            "directly or in class subfolders)"
+        )
+    return (top, None) if top else ([], classes)
+
+
+def _split_items(
+    folder: Path, class_names: list[str] | None
+) -> tuple[list[Path], list[int] | None, list[str] | None]:
+    """(files, labels, class names) of one split folder.
+
+    Args:
+        folder: the split folder.
+        class_names: the train split's class names to map a test split onto,
+            or None to take them from this folder.
+    """
+    flat, classes = _scan(folder)
+    if classes is None:
+        return flat, None, None
+    names = class_names if class_names is not None else list(classes)
+    files: list[Path] = []
+    labels: list[int] = []
+    for name, paths in classes.items():
+        if name not in names:
+            raise DataError(
+                f"{folder / name}: class folder not among the train classes ({', '.join(names)})"
+            )
+        files += paths
+        labels += [names.index(name)] * len(paths)
+    return files, labels, names
+
+
+def looks_like_image_folder(root: Path) -> bool:
+    """Whether ``root`` holds image files directly or one or two folder levels down."""
+    root = Path(root)
+    if not root.is_dir():
+        return False
+    for pattern in ("*", "*/*", "*/*/*"):
+        for p in root.glob(pattern):
+            rel = p.relative_to(root).parts
+            if p.suffix.lower() in IMAGE_EXTENSIONS and not any(s.startswith(".") for s in rel):
+                return True
+    return False
+
+
+def _common_size(files: list[Path], sizes: list[tuple[int, int]]) -> tuple[int, int]:
+    """The one (H, W) all images share; a DataError naming two that differ otherwise."""
+    for path, size in zip(files, sizes):
+        if size != sizes[0]:
+            raise DataError(
+                f"images differ in size: {files[0]} is {sizes[0][0]}x{sizes[0][1]} (H x W) but "
+                f"{path} is {size[0]}x{size[1]}; pass --image-size N to resize every image to N x N"
+            )
+    return sizes[0]
+
+
+def _decode_all(files: list[Path], channels: int, size: tuple[int, int], desc: str) -> torch.Tensor:
+    """Decode every file into one uint8 tensor (N, C, H, W)."""
+    out = torch.empty((len(files), channels, *size), dtype=torch.uint8)  # (N, C, H, W)
+    bar = tqdm(files, desc=desc, disable=len(files) <= PROGRESS_MIN_ITEMS, leave=False)
+    for i, path in enumerate(bar):
+        out[i] = torch.from_numpy(_decode(path, channels, size))
+    return out
+
+
+def load_folder(
+    root: Path, image_size: int | None = None, max_in_memory_bytes: int = 2 << 30
+) -> DataSplits:
+    """Read an image folder (layouts in the module docstring).
+
+    Args:
+        root: the folder.
+        image_size: resize every image to ``image_size`` x ``image_size``
+            (bilinear, antialiased); None requires all images to share a size.
+        max_in_memory_bytes: decode everything into memory when the decoded
+            uint8 pixels of both splits fit in this many bytes; otherwise the
+            splits hold :class:`LazyFolderImages` that decode on demand.
+
+    Returns:
+        The train and test splits; sources are paths relative to ``root``.
+    """
+    root = Path(root)
+    check_image_size(image_size)
+    if not root.is_dir():
+        raise DataError(f"{root}: {'not a folder' if root.exists() else 'image folder does not exist'}")
+    train_dir, test_dir = root, None
+    if (root / "train").is_dir():
+        train_dir = root / "train"
+        test_dir = next((root / s for s in ("test", "val") if (root / s).is_dir()), None)
+    tr_files, tr_labels, class_names = _split_items(train_dir, None)
+    te_files: list[Path] = []
+    te_labels: list[int] | None = None
+    if test_dir is not None:
+        te_files, te_labels, _ = _split_items(test_dir, class_names)
+        if (tr_labels is None) != (te_labels is None):
+            kinds = ["class subfolders", "a flat folder"]
+            if tr_labels is None:
+                kinds.reverse()
+            raise DataError(f"{root}: {train_dir.name} has {kinds[0]} but {test_dir.name} has {kinds[1]}")
+    files = tr_files + te_files
+    quiet = len(files) <= PROGRESS_MIN_ITEMS
+    headers = [_read_header(p) for p in tqdm(files, desc="reading headers", disable=quiet, leave=False)]
+    channels = 1 if all(gray for gray, _ in headers) else 3
+    if image_size is not None:
+        size = (image_size, image_size)
+    else:
+        size = _common_size(files, [s for _, s in headers])
+
+    if test_dir is None:
+        if len(tr_files) < 2:
+            raise DataError(f"{root}: holds 1 image; need at least 2 to hold some out for testing")
+        y = None if tr_labels is None else torch.tensor(tr_labels, dtype=torch.int64)
+        tr_idx, te_idx = held_out_indices(len(tr_files), y)
+        te_files = [tr_files[i] for i in te_idx]
+        te_labels = None if tr_labels is None else [tr_labels[i] for i in te_idx]
+        tr_files = [tr_files[i] for i in tr_idx]
+        tr_labels = None if tr_labels is None else [tr_labels[i] for i in tr_idx]
+
+    lazy = len(files) * channels * size[0] * size[1] > max_in_memory_bytes
+
+    def make(split_files: list[Path], labels: list[int] | None, split: str) -> ImageDataset:
+        images: torch.Tensor | LazyFolderImages
+        if lazy:
+            images = LazyFolderImages(split_files, channels, size)
+        else:
+            images = _decode_all(split_files, channels, size, f"decoding {split}")
+        return ImageDataset(
+            images=images,
+            labels=None if labels is None else torch.tensor(labels, dtype=torch.int64),
+            class_names=class_names,
+            sources=[p.relative_to(root).as_posix() for p in split_files],
+            name=f"{root.name}:{split}",
+        )
+
+    return DataSplits(train=make(tr_files, tr_labels, "train"), test=make(te_files, te_labels, "test"))

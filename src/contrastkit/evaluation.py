@@ -1,0 +1,208 @@
+"""Evaluate frozen features: kNN, linear probe, per-class accuracy, and baselines.
+
+Reads the files of ``contrastkit embed`` (embedding them first if they are
+missing), so the same code evaluates embeddings from any source. Beside the
+self-supervised figures it reports the raw-pixel kNN baseline (the line that
+self-supervision must clear) and, on request, a supervised baseline: the same
+backbone trained with labels on the same budget (epochs, batch, schedule).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from contrastkit.atomic import atomic_write_text
+from contrastkit.checkpoint import load_method
+from contrastkit.config import TrainConfig
+from contrastkit.data import load_dataset
+from contrastkit.data.dataset import DataSplits
+from contrastkit.embedding import EMBEDDINGS_FILE, Embeddings, compute_embeddings, embed_run, read_embeddings
+from contrastkit.errors import ConfigError, DataError
+from contrastkit.knn import knn_predict
+from contrastkit.linear_probe import fit_linear_probe
+from contrastkit.methods import build_method
+from contrastkit.runtime import Runtime
+from contrastkit.train import fit
+
+METRICS_FILE = "metrics.json"
+BASELINE_NAMES = ("supervised",)
+
+
+def _accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((pred == labels).float().mean())
+
+
+def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor, class_names: list[str] | None) -> dict[str, float]:
+    """Accuracy of each class present in ``labels``, keyed by class name (or index)."""
+    out = {}
+    for c in sorted(set(labels.tolist())):
+        mask = labels == c
+        name = class_names[c] if class_names is not None and c < len(class_names) else str(c)
+        out[name] = _accuracy(pred[mask], labels[mask])
+    return out
+
+
+def evaluate_features(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    class_names: list[str] | None = None,
+    linear: bool = True,
+) -> dict[str, Any]:
+    """kNN (k=20 vote, weighted k=200) and linear-probe accuracy of frozen features.
+
+    Args:
+        train_x, train_y: (N, D) features and (N,) labels of the training split.
+        test_x, test_y: (M, D) features and (M,) labels of the test split.
+        class_names: names for the per-class table.
+        linear: also fit the linear probe.
+    """
+    num_classes = max(int(train_y.max()), int(test_y.max())) + 1
+    knn20 = knn_predict(train_x, train_y, test_x, k=20, num_classes=num_classes)
+    knn200 = knn_predict(train_x, train_y, test_x, k=200, temperature=0.07, num_classes=num_classes)
+    out: dict[str, Any] = {
+        "knn_top1_k20": _accuracy(knn20, test_y),
+        "knn_top1_k200_weighted": _accuracy(knn200, test_y),
+        "per_class": {"knn_k20": per_class_accuracy(knn20, test_y, class_names)},
+    }
+    if linear:
+        t0 = time.perf_counter()
+        probe = fit_linear_probe(train_x, train_y, num_classes)
+        pred = probe.logits(test_x).argmax(1)
+        out["linear_probe_top1"] = _accuracy(pred, test_y)
+        out["linear_probe_l2"] = probe.l2
+        out["linear_probe_seconds"] = time.perf_counter() - t0
+        out["per_class"]["linear_probe"] = per_class_accuracy(pred, test_y, class_names)
+    return out
+
+
+def raw_pixel_knn(data: DataSplits, k: int = 20, max_bank: int | None = None) -> float:
+    """kNN accuracy (cosine, majority vote) on raw pixels: the baseline self-supervision must beat."""
+    bank_n = len(data.train) if max_bank is None else min(max_bank, len(data.train))
+    bank = data.train.get_batch(torch.arange(bank_n)).flatten(1).float()
+    queries = data.test.get_batch(torch.arange(len(data.test))).flatten(1).float()
+    pred = knn_predict(bank, data.train.labels[:bank_n], queries, k=k, num_classes=data.train.num_classes)
+    return _accuracy(pred, data.test.labels)
+
+
+def _labelled_splits(emb: Embeddings, folder: Path) -> tuple[torch.Tensor, ...]:
+    train_x, train_y = emb.split("train")
+    test_x, test_y = emb.split("test")
+    if train_y is None or test_y is None or (train_y < 0).any() or (test_y < 0).any():
+        raise DataError(f"{folder}: evaluation needs a label for every item (items.csv has unlabelled rows)")
+    if len(test_x) == 0 or len(train_x) == 0:
+        raise DataError(f"{folder}: evaluation needs items in both the train and the test split")
+    return torch.from_numpy(train_x), torch.from_numpy(train_y), torch.from_numpy(test_x), torch.from_numpy(test_y)
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    data: DataSplits | None = None,
+    baseline: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a run folder and write ``metrics.json`` into it.
+
+    Args:
+        run_dir: a folder written by ``contrastkit train``.
+        data: the data set (default: the one in the run's config); needed for
+            embedding, the raw-pixel baseline and the supervised baseline.
+        baseline: None, or ``"supervised"`` to also train and evaluate the
+            supervised baseline on the same budget.
+        progress: show progress bars.
+    """
+    run_dir = Path(run_dir)
+    if baseline is not None and baseline not in BASELINE_NAMES:
+        raise ConfigError(f"--baseline {baseline!r} is not one of {', '.join(BASELINE_NAMES)}")
+    config = _run_config(run_dir)
+    if data is None:
+        data = load_dataset(config.data, image_size=config.image_size)
+    if data.train.labels is None or data.test.labels is None:
+        raise DataError(f"{data.train.name}: evaluation needs labels, and this data set has none")
+    if not (run_dir / EMBEDDINGS_FILE).is_file():
+        embed_run(run_dir, data=data)
+    emb = read_embeddings(run_dir)
+    class_names = emb.meta.get("class_names") or data.train.class_names
+    ssl = evaluate_features(*_labelled_splits(emb, run_dir), class_names=class_names)
+    metrics: dict[str, Any] = {
+        "run": str(run_dir),
+        "checkpoint": emb.meta.get("checkpoint"),
+        "data": data.train.name,
+        "n_train": len(data.train),
+        "n_test": len(data.test),
+        "ssl": {k: v for k, v in ssl.items() if k != "per_class"},
+        "per_class": ssl["per_class"],
+        "class_names": class_names,
+        "baselines": {"raw_pixel_knn_k20": raw_pixel_knn(data)},
+    }
+    if baseline == "supervised":
+        metrics["baselines"]["supervised"] = supervised_baseline(run_dir, config, data, progress=progress)
+    atomic_write_text(run_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _run_config(run_dir: Path) -> TrainConfig:
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise DataError(f"{run_dir}: not a run folder (no config.json); train one with `contrastkit train --out {run_dir}`")
+    return TrainConfig.load(path)
+
+
+def supervised_baseline(run_dir: Path, config: TrainConfig, data: DataSplits, progress: bool = True) -> dict[str, Any]:
+    """Train the same backbone with labels on the same budget; its test accuracy and feature kNN.
+
+    The baseline run lives in ``run_dir/baseline-supervised`` and is resumed
+    if it was interrupted.
+    """
+    sup_dir = run_dir / "baseline-supervised"
+    sup_config = dataclasses.replace(config, method="supervised", patience=0)
+    resume = (sup_dir / "checkpoints" / "last.pt").exists()
+    method = build_method(sup_config, data.train.shape[0], data.train.num_classes)
+    t0 = time.perf_counter()
+    fit(method, data, sup_config, sup_dir, resume=resume, progress=progress)
+    seconds = time.perf_counter() - t0
+    method, _, info = load_method(sup_dir, "last")
+    runtime = Runtime.create(config.device, config.precision, config.channels_last)
+    method.to(runtime.device)
+    test_feats = compute_embeddings(method, data.test, info, runtime)
+    train_feats = compute_embeddings(method, data.train, info, runtime)
+    with torch.no_grad():
+        logits = method.classifier(test_feats.to(runtime.device)).float().cpu()
+    out = evaluate_features(train_feats, data.train.labels, test_feats, data.test.labels, linear=False)
+    return {
+        "test_top1": _accuracy(logits.argmax(1), data.test.labels),
+        "knn_top1_k20": out["knn_top1_k20"],
+        "knn_top1_k200_weighted": out["knn_top1_k200_weighted"],
+        "epochs": config.epochs,
+        "train_seconds": seconds,
+    }
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """A plain-text table of the headline figures."""
+    ssl, base = metrics["ssl"], metrics["baselines"]
+    sup = base.get("supervised", {})
+
+    def pct(x: float | None) -> str:
+        return f"{x:7.2%}" if isinstance(x, float) else "      -"
+
+    rows = [
+        ("kNN top-1 (k=20)", ssl.get("knn_top1_k20"), base.get("raw_pixel_knn_k20"), sup.get("knn_top1_k20")),
+        ("kNN top-1 (weighted k=200)", ssl.get("knn_top1_k200_weighted"), None, sup.get("knn_top1_k200_weighted")),
+        ("linear probe top-1", ssl.get("linear_probe_top1"), None, sup.get("test_top1")),
+    ]
+    lines = [f"{metrics['data']}: {metrics['n_train']} train / {metrics['n_test']} test images",
+             f"{'metric':<28}{'self-sup.':>10}{'raw pixels':>12}{'supervised':>12}"]
+    lines += [f"{name:<28}{pct(a):>10}{pct(b):>12}{pct(c):>12}" for name, a, b, c in rows]
+    if sup:
+        lines.append("(supervised: linear-probe row is the trained classifier's test accuracy)")
+    return "\n".join(lines)

@@ -1,0 +1,302 @@
+"""``fit``: the method-agnostic training loop.
+
+The loop knows only the method contract (``forward(views, labels)`` returns a
+loss; ``embed(x)`` gives features). Around it: batched on-device views,
+warm-up + cosine schedule, mixed precision, channels_last, a kNN monitor on
+held-out images each epoch, early stopping, and atomic checkpoints.
+
+Reproducibility and resume: the shuffling order of epoch ``e`` and the
+augmentation generator's starting state are pure functions of ``(seed, e)``,
+and the learning rate a pure function of the step. A checkpoint inside an
+epoch stores the step reached and the augmentation generator's state, so a
+run killed at any moment and resumed from ``last.pt`` takes exactly the steps
+an uninterrupted run would have taken and ends with the same weights.
+
+Run folder::
+
+    config.json          the TrainConfig
+    log.jsonl            one JSON object per completed epoch
+    checkpoints/last.pt  full training state (atomic)
+    checkpoints/best.pt  weights of the best kNN monitor epoch (atomic)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from contrastkit.atomic import atomic_write_text
+from contrastkit.augment import ViewAugment, channel_stats, default_recipe
+from contrastkit.checkpoint import load_checkpoint, save_checkpoint
+from contrastkit.config import TrainConfig
+from contrastkit.data.dataset import DataSplits, ImageDataset
+from contrastkit.embedding import compute_embeddings
+from contrastkit.errors import CheckpointError, ConfigError, TrainingError
+from contrastkit.knn import knn_accuracy
+from contrastkit.methods import Method
+from contrastkit.optim import build_optimizer, lr_at
+from contrastkit.runtime import Runtime
+
+STATS_SAMPLE = 10000  # images used to estimate the normalisation mean/std
+
+
+@dataclass
+class FitResult:
+    """What a training run produced."""
+
+    run_dir: Path
+    history: list[dict[str, Any]]  # one dict per epoch, as in log.jsonl
+    best_knn: float | None  # best kNN monitor accuracy, None without labels
+    stopped_early: bool
+
+
+def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919 + stream) % (2**63)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled item order of one epoch: a pure function of (seed, epoch)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch, 1)))
+
+
+def data_info(train: ImageDataset, config: TrainConfig) -> dict[str, Any]:
+    """Image geometry, normalisation statistics and classes, saved in every checkpoint."""
+    channels, height, _ = train.shape
+    n = len(train)
+    sample = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))[:STATS_SAMPLE]
+    mean, std = channel_stats(train.get_batch(sample.sort().values))
+    return {
+        "channels": channels,
+        "image_size": config.image_size or height,
+        "mean": [float(m) for m in mean],
+        "std": [max(float(s), 1e-3) for s in std],
+        "num_classes": train.num_classes,
+        "class_names": train.class_names,
+    }
+
+
+def _check_data(data: DataSplits, method: Method, config: TrainConfig) -> None:
+    n = len(data.train)
+    if n == 0:
+        raise ConfigError(f"{data.train.name}: the training split is empty")
+    if n < config.batch_size:
+        raise ConfigError(
+            f"--batch-size {config.batch_size} is larger than the {n} training images of {data.train.name}; "
+            f"use --batch-size {max(2, n)} or less"
+        )
+    if method.needs_labels and data.train.labels is None:
+        raise ConfigError(f"--method {config.method} needs labels, and {data.train.name} has none; use --method simclr")
+
+
+class _Monitor:
+    """kNN accuracy of held-out images against unaugmented training images, and the collapse indicator."""
+
+    def __init__(self, data: DataSplits, config: TrainConfig) -> None:
+        g = torch.Generator().manual_seed(config.seed)
+        self.bank_idx = torch.randperm(len(data.train), generator=g)[: config.monitor_bank].sort().values
+        self.query_idx = torch.randperm(len(data.test), generator=g)[: config.monitor_queries].sort().values
+        self.labelled = data.train.labels is not None and data.test.labels is not None and len(data.test) > 0
+        self.k = config.knn_k
+        self.num_classes = data.train.num_classes
+
+    def __call__(self, method: Method, data: DataSplits, info: dict[str, Any], runtime: Runtime) -> dict[str, float | None]:
+        bank = compute_embeddings(method, data.train, info, runtime, indices=self.bank_idx)
+        z = F.normalize(bank, dim=1)
+        # Std of L2-normalised embeddings per dimension, times sqrt(D): about 1 when spread, 0 when collapsed
+        # (SimSiam, arXiv 2011.10566, Sec. 4.1).
+        spread = float(z.std(dim=0).mean() * math.sqrt(z.shape[1]))
+        out: dict[str, float | None] = {"knn_top1": None, "embedding_std": spread}
+        if self.labelled:
+            queries = compute_embeddings(method, data.test, info, runtime, indices=self.query_idx)
+            out["knn_top1"] = knn_accuracy(
+                bank, data.train.labels[self.bank_idx], queries, data.test.labels[self.query_idx],
+                k=self.k, num_classes=self.num_classes,
+            )
+        return out
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_to_tuple(state["python"]))
+
+
+def _to_tuple(x: Any) -> Any:
+    return tuple(_to_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _write_log(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    atomic_write_text(run_dir / "log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+
+
+def fit(
+    method: Method,
+    data: DataSplits,
+    config: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> FitResult:
+    """Train ``method`` on ``data.train`` as ``config`` says, writing the run folder.
+
+    Args:
+        method: a freshly built method (see ``build_method``).
+        data: train split for training, test split for the kNN monitor.
+        config: the run's configuration (saved as config.json).
+        run_dir: output folder; must not hold a run unless ``resume``.
+        resume: continue from ``run_dir/checkpoints/last.pt``.
+        progress: show a progress bar on stderr.
+
+    Raises:
+        TrainingError: the loss became NaN or inf (the last checkpoint is kept).
+    """
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    if not resume and last_path.exists():
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    _check_data(data, method, config)
+
+    runtime = Runtime.create(config.device, config.precision, config.channels_last)
+    info = data_info(data.train, config)
+    aug_cfg = default_recipe(info["channels"], info["image_size"])
+    augment = ViewAugment(aug_cfg, info["mean"], info["std"])
+    method.to(runtime.device)
+    if runtime.channels_last:
+        method.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(method, config)
+    scaler = torch.amp.GradScaler(enabled=runtime.dtype == torch.float16)
+    monitor = _Monitor(data, config)
+
+    n, batch = len(data.train), config.batch_size
+    steps_per_epoch = n // batch
+    total_steps = config.epochs * steps_per_epoch
+    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+
+    start_epoch, step_in_epoch, aug_state = 0, 0, None
+    history: list[dict[str, Any]] = []
+    best_knn, bad_epochs, stopped_early = None, 0, False
+    loss_sum, loss_count = 0.0, 0
+    if resume:
+        if not last_path.exists():
+            raise CheckpointError(f"{run_dir}: nothing to resume, no {last_path}")
+        state = load_checkpoint(last_path)
+        if state["config"] != config.to_dict():
+            raise ConfigError(f"{last_path}: the checkpoint's configuration differs from this one; resume with the run's own config.json")
+        method.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+        aug_state = state["aug_rng"] if step_in_epoch else None
+        history, best_knn = list(state["history"]), state["best_knn"]
+        bad_epochs, stopped_early = int(state["bad_epochs"]), bool(state["stopped_early"])
+        loss_sum, loss_count = float(state["loss_sum"]), int(state["loss_count"])
+        _set_rng_state(state["rng"])
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(run_dir / "config.json")
+
+    def checkpoint(epoch: int, step: int, gen: torch.Generator | None) -> None:
+        save_checkpoint(last_path, {
+            "config": config.to_dict(), "data": info, "model": method.state_dict(), "epoch": epoch,
+            "step_in_epoch": step, "aug_rng": gen.get_state() if gen is not None else torch.zeros(0, dtype=torch.uint8),
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "history": history,
+            "best_knn": best_knn, "bad_epochs": bad_epochs, "stopped_early": stopped_early,
+            "loss_sum": loss_sum, "loss_count": loss_count, "rng": _rng_state(), "augment": aug_cfg.__dict__,
+        })
+
+    done = start_epoch >= config.epochs or stopped_early
+    bar = tqdm(
+        total=total_steps, initial=start_epoch * steps_per_epoch + step_in_epoch, unit="step",
+        desc="train", disable=not progress or done, file=sys.stderr, dynamic_ncols=True,
+    )
+    if not done:
+        tqdm.write(f"training {config.method}/{config.backbone} on {len(data.train)} images ({data.train.name}), "
+                   f"{runtime.describe()}, {config.epochs} epochs x {steps_per_epoch} steps", file=sys.stderr)
+    method.train()
+    last_save = time.monotonic()
+    epoch = start_epoch
+    while epoch < config.epochs and not stopped_early:
+        order = epoch_order(n, config.seed, epoch)
+        gen = torch.Generator(device=runtime.device)
+        if aug_state is not None:
+            gen.set_state(aug_state)
+            aug_state = None
+        else:
+            gen.manual_seed(_epoch_seed(config.seed, epoch, 2))
+        t_epoch, images_seen = time.perf_counter(), 0
+        for step in range(step_in_epoch, steps_per_epoch):
+            global_step = epoch * steps_per_epoch + step
+            lr = lr_at(global_step, config.peak_lr, warmup_steps, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            idx = order[step * batch : (step + 1) * batch]
+            x = data.train.get_batch(idx).to(runtime.device, non_blocking=True)
+            labels = data.train.labels[idx].to(runtime.device) if data.train.labels is not None else None
+            views = [runtime.prepare(augment(x, gen)) for _ in range(method.num_views)]
+            with runtime.autocast():
+                loss, logs = method(views, labels)
+            if not torch.isfinite(loss):
+                bar.close()
+                raise TrainingError(
+                    f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}; stopped. "
+                    f"The last good checkpoint ({last_path}) is intact. Try a lower --lr, or --precision fp32."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum += logs["loss"] * len(idx)
+            loss_count += len(idx)
+            images_seen += len(idx)
+            rate = images_seen / max(time.perf_counter() - t_epoch, 1e-9)
+            bar.set_postfix(epoch=f"{epoch + 1}/{config.epochs}", loss=f"{logs['loss']:.4f}", img_s=f"{rate:.0f}", refresh=False)
+            bar.update(1)
+            if time.monotonic() - last_save > config.checkpoint_minutes * 60 and step + 1 < steps_per_epoch:
+                checkpoint(epoch, step + 1, gen)
+                last_save = time.monotonic()
+        epoch_seconds = time.perf_counter() - t_epoch
+        step_in_epoch = 0
+
+        monitor_out = monitor(method, data, info, runtime)
+        record = {
+            "epoch": epoch + 1, "loss": loss_sum / max(loss_count, 1), "lr": lr,
+            **monitor_out, "images_per_s": images_seen / max(epoch_seconds, 1e-9), "epoch_seconds": epoch_seconds,
+        }
+        loss_sum, loss_count = 0.0, 0
+        knn = monitor_out["knn_top1"]
+        improved = knn is None or best_knn is None or knn > best_knn
+        if knn is not None and improved:
+            best_knn = knn
+        bad_epochs = 0 if improved else bad_epochs + 1
+        if config.patience and knn is not None and bad_epochs >= config.patience and epoch + 1 < config.epochs:
+            stopped_early = True
+            record["stopped_early"] = True
+        history.append(record)
+        epoch += 1
+        if improved:
+            save_checkpoint(best_path, {"config": config.to_dict(), "data": info, "model": method.state_dict(), "epoch": epoch, "knn_top1": knn})
+        checkpoint(epoch, 0, None)
+        last_save = time.monotonic()
+        _write_log(run_dir, history)
+        knn_text = f"kNN {knn:.2%}" if knn is not None else "kNN n/a (no labels)"
+        tqdm.write(f"epoch {epoch}/{config.epochs}: loss {record['loss']:.4f}  {knn_text}  "
+                   f"spread {monitor_out['embedding_std']:.2f}  {record['images_per_s']:.0f} img/s", file=sys.stderr)
+        if stopped_early:
+            tqdm.write(f"early stop: no kNN improvement for {config.patience} epochs (best {best_knn:.2%})", file=sys.stderr)
+    bar.close()
+    return FitResult(run_dir=run_dir, history=history, best_knn=best_knn, stopped_early=stopped_early)

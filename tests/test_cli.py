@@ -1,0 +1,129 @@
+"""End to end through the CLI on real Fashion-MNIST images: train, embed, evaluate, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from contrastkit.cli import main
+from contrastkit.config import TrainConfig
+from contrastkit.embedding import compute_embeddings
+from contrastkit.knn import knn_accuracy
+from contrastkit.methods import build_method
+from contrastkit.runtime import Runtime
+from contrastkit.train import data_info
+
+TRAIN_ARGS = ["--epochs", "2", "--batch-size", "64", "--monitor-bank", "600", "--monitor-queries", "200", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(fmnist_small, tmp_path_factory):
+    path, _ = fmnist_small
+    run = tmp_path_factory.mktemp("runs") / "cli"
+    assert main(["train", "--data", str(path), "--out", str(run), *TRAIN_ARGS]) == 0
+    return run
+
+
+def test_train_writes_run_folder_and_prints_where(trained_run, capsys):
+    assert {p.name for p in trained_run.iterdir()} >= {"config.json", "log.jsonl", "checkpoints"}
+    assert len((trained_run / "log.jsonl").read_text().splitlines()) == 2
+    assert TrainConfig.load(trained_run / "config.json").epochs == 2
+
+
+def test_embed_writes_npy_csv_meta(trained_run, fmnist_small, capsys):
+    _, data = fmnist_small
+    out = trained_run / "emb"
+    assert main(["embed", str(trained_run), "--out", str(out)]) == 0
+    emb = np.load(out / "embeddings.npy")
+    assert emb.dtype == np.float32 and emb.shape == (800, 256)
+    rows = list(csv.DictReader(open(out / "items.csv")))
+    assert [r["split"] for r in rows] == ["train"] * 600 + ["test"] * 200
+    assert [int(r["label"]) for r in rows[:600]] == data.train.labels.tolist()
+    assert rows[0]["index"] == "0" and rows[0]["source"].endswith(":images:0")
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["dim"] == 256 and meta["splits"] == {"train": 600, "test": 200}
+    assert meta["class_names"][0] == "T-shirt/top"
+    assert "embeddings.npy" in capsys.readouterr().out
+
+
+def test_evaluate_beats_the_untrained_network(trained_run, fmnist_small, capsys):
+    _, data = fmnist_small
+    assert main(["evaluate", str(trained_run)]) == 0
+    out = capsys.readouterr().out
+    assert "kNN top-1 (k=20)" in out and "raw pixels" in out and str(trained_run) in out
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    ssl = metrics["ssl"]
+    for key in ("knn_top1_k20", "knn_top1_k200_weighted", "linear_probe_top1"):
+        assert 0.0 <= ssl[key] <= 1.0
+    assert set(metrics["per_class"]["linear_probe"]) == set(data.train.class_names)
+    assert 0.5 < metrics["baselines"]["raw_pixel_knn_k20"] < 0.95
+
+    # the same backbone, untrained, evaluated the same way
+    config = TrainConfig.load(trained_run / "config.json")
+    untrained = build_method(config, 1)
+    runtime = Runtime.create("cpu", "auto", True)
+    info = data_info(data.train, config)
+    bank = compute_embeddings(untrained, data.train, info, runtime)
+    queries = compute_embeddings(untrained, data.test, info, runtime)
+    untrained_knn = knn_accuracy(bank, data.train.labels, queries, data.test.labels, k=20)
+    assert ssl["knn_top1_k20"] > untrained_knn + 0.02, (ssl["knn_top1_k20"], untrained_knn)
+
+
+def test_supervised_baseline_is_reported(trained_run, capsys):
+    assert main(["evaluate", str(trained_run), "--baseline", "supervised", "--quiet"]) == 0
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    sup = metrics["baselines"]["supervised"]
+    assert sup["epochs"] == 2 and 0.3 < sup["test_top1"] <= 1.0
+    assert (trained_run / "baseline-supervised" / "checkpoints" / "last.pt").is_file()
+    assert "supervised" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--epochs", "-1"], "--epochs must be > 0"),
+        (["train", "--temperature", "0"], "--temperature must be > 0"),
+        (["train", "--margin", "0"], "--margin must be > 0"),
+        (["train", "--data", "/nonexistent/data.npz"], "does not exist"),
+        (["train", "--data", "no-such-set"], "does not exist"),
+        (["embed", "/nonexistent/run"], "no such run folder"),
+        (["evaluate", "/nonexistent/run"], "not a run folder"),
+        (["train", "--resume"], "--resume needs --out"),
+    ],
+)
+def test_bad_input_fails_before_work_with_a_message(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, valid", [(["train", "--method", "mocov9"], "simclr"), (["train", "--backbone", "vgg"], "small_cnn")])
+def test_unknown_names_list_the_valid_ones(argv, valid, capsys):
+    code = None
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own choice errors exit with status 2
+        code = e.code
+    assert code == 2
+    assert valid in capsys.readouterr().err
+
+
+def test_help_explains_every_command(capsys):
+    for cmd in ("train", "embed", "evaluate"):
+        with pytest.raises(SystemExit) as e:
+            main([cmd, "--help"])
+        assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--temperature" in out and "--resume" in out and "embeddings.npy" in out and "--baseline" in out
+
+
+def test_resume_refuses_changed_options(trained_run, capsys):
+    assert main(["train", "--out", str(trained_run), "--resume", "--epochs", "5"]) == 2
+    assert "a resumed run keeps its configuration; drop --epochs" in capsys.readouterr().err
+    # resuming a finished run is a no-op that still reports the run
+    assert main(["train", "--out", str(trained_run), "--resume", "--quiet"]) == 0
+    assert "epochs: 2/2" in capsys.readouterr().out

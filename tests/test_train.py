@@ -1,0 +1,140 @@
+"""The training loop: run folder, determinism, resume after SIGKILL, NaN handling."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from contrastkit.checkpoint import load_checkpoint
+from contrastkit.config import TrainConfig
+from contrastkit.errors import ConfigError, TrainingError
+from contrastkit.methods import build_method
+from contrastkit.train import fit
+
+TINY = dict(epochs=2, batch_size=64, monitor_bank=300, monitor_queries=100, warmup_epochs=0.5)
+
+
+def _train(data, tmp: Path, **overrides) -> tuple[Path, object]:
+    config = TrainConfig(**{**TINY, **overrides})
+    method = build_method(config, data.train.shape[0], data.train.num_classes)
+    return tmp, fit(method, data, config, tmp, progress=False)
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+
+
+def test_fit_writes_the_run_folder(fmnist_small, tmp_path):
+    _, data = fmnist_small
+    run, result = _train(data, tmp_path / "run")
+    lines = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
+    assert [l["epoch"] for l in lines] == [1, 2]
+    for line in lines:
+        assert {"loss", "lr", "knn_top1", "embedding_std", "images_per_s", "epoch_seconds"} <= set(line)
+        assert 0.1 < line["knn_top1"] <= 1.0 and line["loss"] > 0
+    assert TrainConfig.load(run / "config.json") == TrainConfig(**TINY)
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert last["epoch"] == 2 and last["step_in_epoch"] == 0
+    assert {"optimizer", "rng", "history", "aug_rng"} <= set(last)
+    assert (run / "checkpoints" / "best.pt").is_file()
+    assert result.best_knn == max(l["knn_top1"] for l in lines)
+
+
+def test_same_seed_same_weights_other_seed_other_weights(fmnist_small, tmp_path):
+    _, data = fmnist_small
+    a, _ = _train(data, tmp_path / "a", epochs=1)
+    b, _ = _train(data, tmp_path / "b", epochs=1)
+    c, _ = _train(data, tmp_path / "c", epochs=1, seed=1)
+    wa, wb, wc = _weights(a), _weights(b), _weights(c)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_existing_run_needs_resume(fmnist_small, tmp_path):
+    _, data = fmnist_small
+    run, _ = _train(data, tmp_path / "run", epochs=1)
+    with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
+        _train(data, run, epochs=1)
+
+
+def test_batch_larger_than_data_and_labels_required(fmnist_small, tmp_path):
+    _, data = fmnist_small
+    with pytest.raises(ConfigError, match="--batch-size 4096 is larger than the 600 training images"):
+        _train(data, tmp_path / "a", batch_size=4096)
+    unlabelled = type(data)(train=data.train.subset(range(200)), test=data.test)
+    unlabelled.train.labels = None
+    with pytest.raises(ConfigError, match="--method supcon needs labels"):
+        _train(unlabelled, tmp_path / "b", method="supcon")
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(fmnist_small, tmp_path, monkeypatch):
+    _, data = fmnist_small
+    config = TrainConfig(**TINY)
+    method = build_method(config, 1)
+    calls = {"n": 0}
+    forward = method.forward
+
+    def poisoned(views, labels=None):
+        calls["n"] += 1
+        loss, logs = forward(views, labels)
+        return (loss * float("nan"), logs) if calls["n"] == 12 else (loss, logs)
+
+    monkeypatch.setattr(method, "forward", poisoned)
+    with pytest.raises(TrainingError, match=r"loss became nan at epoch 2, step 3.*last\.pt\) is intact"):
+        fit(method, data, config, tmp_path / "run", progress=False)
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert last["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
+def _cli(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "contrastkit", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume_gives_the_same_weights(fmnist_small, tmp_path):
+    """Kill a checkpointing-every-step run several times (some kills land inside a write), resume each time."""
+    path, data = fmnist_small
+    args = ["train", "--data", str(path), "--quiet", "--epochs", "2", "--batch-size", "64",
+            "--monitor-bank", "300", "--monitor-queries", "100", "--warmup-epochs", "0.5",
+            "--checkpoint-minutes", "0.00001"]
+    reference = tmp_path / "reference"
+    assert _cli([*args, "--out", str(reference)]).wait(timeout=300) == 0
+
+    run = tmp_path / "killed"
+    last = run / "checkpoints" / "last.pt"
+    kills = 0
+    for delay in (0.0, 0.35, 0.8):
+        proc = _cli([*args, "--out", str(run), *(["--resume"] if last.exists() else [])])
+        deadline = time.monotonic() + 120
+        start_mtime = last.stat().st_mtime_ns if last.exists() else 0
+        while time.monotonic() < deadline and proc.poll() is None:  # wait for training to make progress
+            if last.exists() and last.stat().st_mtime_ns != start_mtime:
+                break
+            time.sleep(0.01)
+        time.sleep(delay)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=60)
+    assert kills >= 2, "training finished before it could be killed: the test needs a longer run"
+    resumed = _cli([*args, "--out", str(run), "--resume"])
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err.decode()
+    want, got = _weights(reference), _weights(run)
+    assert want.keys() == got.keys()
+    for k in want:
+        assert torch.equal(want[k], got[k]), k
+    ref_log = [json.loads(l) for l in (reference / "log.jsonl").read_text().splitlines()]
+    run_log = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
+    assert [(l["epoch"], l["loss"], l["knn_top1"]) for l in ref_log] == [(l["epoch"], l["loss"], l["knn_top1"]) for l in run_log]
