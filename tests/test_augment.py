@@ -407,7 +407,7 @@ def test_channel_stats_tiny_and_errors() -> None:
 
 def test_default_recipes() -> None:
     gray = default_recipe(1, 28)
-    assert gray.crop_scale == (0.2, 1.0) and gray.blur_p == 0 and gray.solarize_p == 0
+    assert gray.crop_scale == (0.5, 1.0) and gray.blur_p == 0 and gray.solarize_p == 0
     assert gray.saturation == 0 and gray.hue == 0 and gray.grayscale_p == 0
     cifar = default_recipe(3, 32)
     assert (cifar.brightness, cifar.contrast, cifar.saturation, cifar.hue) == (0.4, 0.4, 0.4, 0.1)

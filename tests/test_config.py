@@ -27,6 +27,8 @@ def test_method_names_match_registry():
         ({"precision": "int8"}, "auto, bf16, fp16, fp32"),
         ({"image_size": 4}, "--image-size must be at least 8"),
         ({"patience": -1}, "--patience must be >= 0"),
+        ({"crop_min_scale": 0.0}, "--crop-min-scale must be in (0, 1]"),
+        ({"crop_min_scale": 1.5}, "--crop-min-scale must be in (0, 1]"),
     ],
 )
 def test_bad_values_name_the_option_and_valid_values(kwargs, expected):

@@ -25,9 +25,11 @@ from contrastkit.config import (
     TrainConfig,
 )
 from contrastkit.errors import ConfigError, ContrastkitError
+from contrastkit.models.backbones import BACKBONES
 
 CHOICES = {
     "method": METHOD_NAMES,
+    "backbone": tuple(BACKBONES),
     "optimizer": OPTIMIZER_NAMES,
     "distance": DISTANCE_NAMES,
     "device": DEVICE_NAMES,

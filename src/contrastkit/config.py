@@ -40,6 +40,7 @@ class TrainConfig:
     # --- data ---
     data: str | None = _field(None, "data set: a built-in name (default, fashion-mnist, cifar10, cifar100, digits, ...) or a path to IDX files, CIFAR batches, an image folder or an .npz; omitted = the embedded Fashion-MNIST subset (10k train / 2k test)")
     image_size: int | None = _field(None, "side of the square training views in px; omitted = the images' own size")
+    crop_min_scale: float | None = _field(None, "smallest area fraction of the random resized crop, in (0, 1]; omitted = the recipe's default for the image size (0.5 for small grayscale, 0.08 for RGB)")
 
     # --- model ---
     method: str = _field("simclr", "training method: simclr (NT-Xent), pairwise (margin contrastive loss), supcon (needs labels), supervised (baseline, needs labels)")
@@ -48,13 +49,13 @@ class TrainConfig:
     proj_dim: int = _field(128, "output dimension of the projection MLP (SimCLR: 128)")
 
     # --- loss ---
-    temperature: float = _field(0.2, "NT-Xent / SupCon temperature tau (> 0); 0.1-0.5 works, lower values need larger batches")
+    temperature: float = _field(0.1, "NT-Xent / SupCon temperature tau (> 0); 0.1-0.5 works, lower values need larger batches")
     margin: float = _field(1.0, "margin m (> 0) of the pairwise loss, in units of --distance on L2-normalised projections (d in [0, 2])")
     distance: str = _field("euclidean", "distance of the pairwise loss: euclidean or cosine (1 - cos)")
 
     # --- optimisation ---
     epochs: int = _field(30, "passes over the training split")
-    batch_size: int = _field(512, "images per step (each gives 2 views); larger batches give NT-Xent more negatives")
+    batch_size: int = _field(128, "images per step (each gives 2 views); larger batches give NT-Xent more negatives but fewer steps per epoch")
     optimizer: str = _field("adamw", "adamw (robust at small batches) or lars (SimCLR's choice for large batches)")
     lr: float | None = _field(None, "peak learning rate after warm-up; omitted = 2e-3 for adamw, 0.3 x batch/256 for lars (SimCLR)")
     weight_decay: float | None = _field(None, "weight decay, never applied to biases and norms; omitted = 5e-4 for adamw, 1e-6 for lars")
@@ -91,6 +92,8 @@ class TrainConfig:
             raise ConfigError(f"--batch-size must be at least 2 (contrastive losses need other images), got {self.batch_size}")
         if self.image_size is not None and self.image_size < 8:
             raise ConfigError(f"--image-size must be at least 8 px, got {self.image_size}")
+        if self.crop_min_scale is not None and not 0 < self.crop_min_scale <= 1:
+            raise ConfigError(f"--crop-min-scale must be in (0, 1], got {self.crop_min_scale}")
         if self.lr is not None:
             _check_positive("lr", self.lr)
         if self.weight_decay is not None and self.weight_decay < 0:

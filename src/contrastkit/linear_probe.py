@@ -4,8 +4,9 @@ The standard protocol of SimCLR (arXiv 2002.05709, Sec. 4.2) fits a linear
 classifier on frozen, standardised backbone features. Here the classifier is
 fitted full-batch with L-BFGS on the cross-entropy plus an L2 penalty; the
 penalty is chosen from a small grid on a held-out tenth of the training
-features, then the classifier is refitted on all of them. On 60k x 512
-features this takes seconds on a CPU.
+features (fitted from the strongest penalty to the weakest, each fit
+warm-started from the previous one), then the classifier is refitted on all
+of them, warm-started from the chosen fit.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 
 from contrastkit.errors import ConfigError
 
-L2_GRID = (1e-6, 1e-4, 1e-3, 1e-2)  # penalty on the mean squared weight, per sample
+L2_GRID = (1e-2, 1e-3, 1e-4, 1e-6)  # penalty on the summed squared weights; tried in this order
 
 
 @dataclass
@@ -39,9 +40,15 @@ class LinearProbe:
         return self.logits(features).softmax(dim=1)
 
 
-def _fit(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
-    w = torch.zeros(num_classes, x.shape[1], requires_grad=True)
-    b = torch.zeros(num_classes, requires_grad=True)
+def _fit(
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, max_iter: int,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if init is None:
+        w = torch.zeros(num_classes, x.shape[1], requires_grad=True)
+        b = torch.zeros(num_classes, requires_grad=True)
+    else:
+        w, b = (t.clone().requires_grad_(True) for t in init)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
@@ -59,7 +66,7 @@ def fit_linear_probe(
     labels: torch.Tensor,
     num_classes: int | None = None,
     l2_grid: tuple[float, ...] = L2_GRID,
-    max_iter: int = 200,
+    max_iter: int = 100,
     seed: int = 0,
 ) -> LinearProbe:
     """Fit the probe, choosing the L2 penalty on a held-out tenth.
@@ -69,7 +76,7 @@ def fit_linear_probe(
         labels: (N,) int64 labels.
         num_classes: number of classes (default: max label + 1).
         l2_grid: candidate penalties.
-        max_iter: L-BFGS iterations per fit.
+        max_iter: L-BFGS iterations per fit (at most).
         seed: seeds the validation split.
     """
     if len(features) < 2:
@@ -80,16 +87,16 @@ def fit_linear_probe(
     mean = x.mean(0)
     std = x.std(0).clamp_min(1e-6)
     x = (x - mean) / std
-    best_l2 = l2_grid[0]
+    best_l2, best_fit = l2_grid[0], None
     if len(l2_grid) > 1 and len(x) >= 20:
         perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
         n_val = max(1, len(x) // 10)
         val, tr = perm[:n_val], perm[n_val:]
-        best_acc = -1.0
+        best_acc, fit = -1.0, None
         for l2 in l2_grid:
-            w, b = _fit(x[tr], y[tr], c, l2, max_iter)
-            acc = float(((x[val] @ w.T + b).argmax(1) == y[val]).float().mean())
+            fit = _fit(x[tr], y[tr], c, l2, max_iter, init=fit)
+            acc = float(((x[val] @ fit[0].T + fit[1]).argmax(1) == y[val]).float().mean())
             if acc > best_acc:
-                best_acc, best_l2 = acc, l2
-    w, b = _fit(x, y, c, best_l2, max_iter)
+                best_acc, best_l2, best_fit = acc, l2, fit
+    w, b = _fit(x, y, c, best_l2, max_iter, init=best_fit)
     return LinearProbe(mean=mean, std=std, weight=w, bias=b, l2=best_l2)

@@ -22,6 +22,7 @@ Run folder::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from contrastkit.atomic import atomic_write_text
-from contrastkit.augment import ViewAugment, channel_stats, default_recipe
+from contrastkit.augment import AugmentConfig, ViewAugment, channel_stats, default_recipe
 from contrastkit.checkpoint import load_checkpoint, save_checkpoint
 from contrastkit.config import TrainConfig
 from contrastkit.data.dataset import DataSplits, ImageDataset
@@ -83,6 +84,14 @@ def data_info(train: ImageDataset, config: TrainConfig) -> dict[str, Any]:
         "num_classes": train.num_classes,
         "class_names": train.class_names,
     }
+
+
+def augment_recipe(info: dict[str, Any], config: TrainConfig) -> AugmentConfig:
+    """The view recipe for these images: the default for their size and channels, with the config's overrides."""
+    recipe = default_recipe(info["channels"], info["image_size"])
+    if config.crop_min_scale is not None:
+        recipe = dataclasses.replace(recipe, crop_scale=(config.crop_min_scale, 1.0))
+    return recipe
 
 
 def _check_data(data: DataSplits, method: Method, config: TrainConfig) -> None:
@@ -173,7 +182,7 @@ def fit(
 
     runtime = Runtime.create(config.device, config.precision, config.channels_last)
     info = data_info(data.train, config)
-    aug_cfg = default_recipe(info["channels"], info["image_size"])
+    aug_cfg = augment_recipe(info, config)
     augment = ViewAugment(aug_cfg, info["mean"], info["std"])
     method.to(runtime.device)
     if runtime.channels_last:
