@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 DEMO_RUN ?= runs/demo
-DEMO_EPOCHS ?= 12
+DEMO_EPOCHS ?= 15
 
 .PHONY: install demo test clean
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -27,21 +26,12 @@ import torch
 
 from contrastkit.models.backbones import BACKBONES, build_backbone
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from environment import describe  # noqa: E402
+
 MODES = ("fp32", "bf16", "bf16+cl")
 PROBE_BATCH = 32  # images in the probe steps that estimate a full step's time
 SMALL_IMAGE_BACKBONES = ("seed_cnn", "small_cnn")  # timed on 28 x 28 x 1, others 32 x 32 x 3
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo, or platform's guess elsewhere."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _sync(device: torch.device) -> None:
@@ -128,12 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     names = [n.strip() for n in args.backbones.split(",") if n.strip()]
 
-    print("command:", " ".join([sys.executable, *sys.argv]))
-    print("torch:", torch.__version__)
-    print("cpu:", cpu_model(), "| threads:", torch.get_num_threads(),
-          "| load average before:", " ".join(f"{v:.2f}" for v in os.getloadavg()))
-    if device.type == "cuda":
-        print("gpu:", torch.cuda.get_device_name(device))
+    print(describe())
     print(f"batch {args.batch_size}, {args.warmup} warm-up + median of {args.steps} steps, "
           f"train step = forward + backward + SGD; images/s")
     print()

@@ -232,6 +232,7 @@ def fit(
     bar = tqdm(
         total=total_steps, initial=start_epoch * steps_per_epoch + step_in_epoch, unit="step",
         desc="train", disable=not progress or done, file=sys.stderr, dynamic_ncols=True,
+        mininterval=0.5 if sys.stderr.isatty() else 30.0,  # a log file gets a line every 30 s, not every step
     )
     if not done:
         tqdm.write(f"training {config.method}/{config.backbone} on {len(data.train)} images ({data.train.name}), "

@@ -1,0 +1,96 @@
+"""Compare training recipes by the kNN monitor, side by side in one run.
+
+Each variant is a set of TrainConfig overrides; every variant trains from the
+same seeds on the same data, and the table gives the kNN monitor after each
+epoch (median over seeds) with the final spread, beside the raw-pixel and
+untrained-network kNN on the same images. Variants alternate seed by seed, so
+machine noise spreads evenly over them.
+
+Usage:
+    python bench/recipe_sweep.py --epochs 5 --variants '[["b512", {"batch_size": 512}], ["b128", {"batch_size": 128}]]'
+    python bench/recipe_sweep.py --data fashion-mnist --epochs 3 --seeds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+from contrastkit.config import TrainConfig
+from contrastkit.data import load_dataset
+from contrastkit.embedding import compute_embeddings
+from contrastkit.evaluation import raw_pixel_knn
+from contrastkit.knn import knn_accuracy
+from contrastkit.methods import build_method
+from contrastkit.runtime import Runtime
+from contrastkit.train import data_info, fit
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from environment import describe  # noqa: E402
+
+DEFAULT_VARIANTS = [["default", {}]]
+
+
+def untrained_knn(config: TrainConfig, data) -> float:
+    """kNN (k=20) of the network at initialisation, on the monitor's images."""
+    method = build_method(config, data.train.shape[0])
+    runtime = Runtime.create(config.device, config.precision, config.channels_last)
+    info = data_info(data.train, config)
+    bank_n, query_n = min(config.monitor_bank, len(data.train)), min(config.monitor_queries, len(data.test))
+    g = torch.Generator().manual_seed(config.seed)
+    bank_idx = torch.randperm(len(data.train), generator=g)[:bank_n].sort().values
+    query_idx = torch.randperm(len(data.test), generator=g)[:query_n].sort().values
+    bank = compute_embeddings(method, data.train, info, runtime, indices=bank_idx)
+    queries = compute_embeddings(method, data.test, info, runtime, indices=query_idx)
+    return knn_accuracy(bank, data.train.labels[bank_idx], queries, data.test.labels[query_idx], k=config.knn_k)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=None, help="data set (default: the embedded Fashion-MNIST subset)")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=1, help="runs per variant (seeds 0..N-1)")
+    parser.add_argument("--variants", default=json.dumps(DEFAULT_VARIANTS),
+                        help='JSON list of [name, {TrainConfig overrides}]')
+    args = parser.parse_args(argv)
+    variants = json.loads(args.variants)
+
+    print(describe())
+    data = load_dataset(args.data)
+    print(f"data: {data.train.name} {len(data.train)} train / {len(data.test)} test; {args.epochs} epochs, seeds 0..{args.seeds - 1}")
+    print(f"raw-pixel kNN (k=20, all test images): {raw_pixel_knn(data):.2%}")
+    results: dict[str, list[list[float]]] = {name: [] for name, _ in variants}
+    seconds: dict[str, list[float]] = {name: [] for name, _ in variants}
+    for seed in range(args.seeds):
+        for name, overrides in variants:
+            config = TrainConfig(**{"data": args.data, "epochs": args.epochs, "seed": seed, **overrides})
+            if seed == 0:
+                print(f"{name}: untrained network kNN {untrained_knn(config, data):.2%}", flush=True)
+            method = build_method(config, data.train.shape[0], data.train.num_classes)
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                result = fit(method, data, config, tmp, progress=False)
+                seconds[name].append(time.perf_counter() - t0)
+            results[name].append([h["knn_top1"] for h in result.history])
+            print(f"{name} seed {seed}: " + " ".join(f"{k:.2%}" for k in results[name][-1]), flush=True)
+
+    print()
+    print(f"| variant | overrides | kNN monitor per epoch (median of {args.seeds}) | final min-max | seconds |")
+    print("|---|---|---|---|---|")
+    for name, overrides in variants:
+        runs = results[name]
+        per_epoch = [statistics.median(r[e] for r in runs) for e in range(len(runs[0]))]
+        finals = [r[-1] for r in runs]
+        print(f"| {name} | `{json.dumps(overrides)}` | {' '.join(f'{k:.1%}' for k in per_epoch)} | "
+              f"{min(finals):.1%}-{max(finals):.1%} | {statistics.median(seconds[name]):.0f} |")
+
+
+if __name__ == "__main__":
+    main()
