@@ -23,7 +23,7 @@ from contrastkit.methods import build_method
 from contrastkit.embedding import compute_embeddings
 from contrastkit.knn import knn_accuracy
 from contrastkit.runtime import Runtime
-from contrastkit.train import augment_recipe, fit
+from contrastkit.train import augment_recipe, effective_rank, fit
 
 TINY = dict(epochs=2, batch_size=64, monitor_bank=300, monitor_queries=100, warmup_epochs=0.5)
 
@@ -44,7 +44,7 @@ def test_fit_writes_the_run_folder(fmnist_small, tmp_path):
     lines = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
     assert [l["epoch"] for l in lines] == [1, 2]
     for line in lines:
-        assert {"loss", "lr", "knn_top1", "embedding_std", "images_per_s", "epoch_seconds"} <= set(line)
+        assert {"loss", "lr", "knn_top1", "embedding_std", "effective_rank", "images_per_s", "epoch_seconds"} <= set(line)
         assert 0.1 < line["knn_top1"] <= 1.0 and line["loss"] > 0
     assert TrainConfig.load(run / "config.json") == TrainConfig(**TINY)
     last = load_checkpoint(run / "checkpoints" / "last.pt")
@@ -174,3 +174,24 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_weights(fmnist_sma
     ref_log = [json.loads(l) for l in (reference / "log.jsonl").read_text().splitlines()]
     run_log = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
     assert [(l["epoch"], l["loss"], l["knn_top1"]) for l in ref_log] == [(l["epoch"], l["loss"], l["knn_top1"]) for l in run_log]
+
+
+def test_effective_rank_closed_forms():
+    g = torch.Generator().manual_seed(0)
+    line = torch.randn(50, 1, generator=g) * torch.randn(1, 8, generator=g)  # rank one
+    assert effective_rank(line) == pytest.approx(1.0, abs=1e-3)
+    # orthogonal directions with equal energy: entropy log(k), effective rank k
+    square = torch.cat([torch.eye(4), -torch.eye(4)]) * 3.0
+    assert effective_rank(square) == pytest.approx(4.0, rel=1e-4)
+
+
+def test_collapse_is_logged_and_warned(fmnist_small, tmp_path, monkeypatch, capsys):
+    """A method whose backbone outputs a constant: spread 0 and rank ~1 are logged, and a warning printed."""
+    _, data = fmnist_small
+    config = TrainConfig(**{**TINY, "epochs": 1})
+    method = build_method(config, 1)
+    monkeypatch.setattr(method, "embed", lambda x: torch.ones(len(x), 4) + 0 * method.backbone(x).sum())
+    fit(method, data, config, tmp_path / "run", progress=False)
+    line = json.loads((tmp_path / "run" / "log.jsonl").read_text())
+    assert line["embedding_std"] < 1e-3
+    assert "the embeddings are collapsing" in capsys.readouterr().err

@@ -7,7 +7,9 @@ Every method has the same contract (MoCo's ``builder.py``, timm's
   floats worth logging;
 - ``embed(x) -> (B, embed_dim)``: backbone features, never the projector's
   output, for evaluation and downstream use;
-- ``num_views`` and ``needs_labels`` tell the training loop what to feed it.
+- ``num_views`` and ``needs_labels`` tell the training loop what to feed it;
+- ``after_step(step, total_steps)`` runs after every optimiser step (EMA
+  targets, queues).
 The training loop knows nothing else about a method.
 """
 
@@ -48,6 +50,15 @@ class Method(nn.Module):
         self, views: list[torch.Tensor], labels: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
+
+    @torch.no_grad()
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Called by the training loop after each optimiser step (``step`` counts from 1).
+
+        Methods with a momentum (EMA) encoder or a queue update them here; the
+        default does nothing. Anything updated here must live in the state dict
+        (parameters or buffers) so that checkpoints and resume cover it.
+        """
 
 
 def _projector(backbone: nn.Module, config: TrainConfig) -> ProjectionHead:

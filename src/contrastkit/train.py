@@ -107,6 +107,22 @@ def _check_data(data: DataSplits, method: Method, config: TrainConfig) -> None:
         raise ConfigError(f"--method {config.method} needs labels, and {data.train.name} has none; use --method simclr")
 
 
+COLLAPSE_SPREAD = 0.1  # embedding_std below this: the representation is collapsing
+
+
+def effective_rank(features: torch.Tensor) -> float:
+    """Effective rank of a feature matrix (Roy & Vetterli 2007): exp of the entropy of its normalised singular values.
+
+    Between 1 (all features on a line: collapse) and min(N, D) (all directions used);
+    computed on mean-centred features.
+    """
+    x = features.float() - features.float().mean(0)
+    s = torch.linalg.svdvals(x)
+    p = s / s.sum().clamp_min(1e-12)
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
 class _Monitor:
     """kNN accuracy of held-out images against unaugmented training images, and the collapse indicator."""
 
@@ -124,7 +140,7 @@ class _Monitor:
         # Std of L2-normalised embeddings per dimension, times sqrt(D): about 1 when spread, 0 when collapsed
         # (SimSiam, arXiv 2011.10566, Sec. 4.1).
         spread = float(z.std(dim=0).mean() * math.sqrt(z.shape[1]))
-        out: dict[str, float | None] = {"knn_top1": None, "embedding_std": spread}
+        out: dict[str, float | None] = {"knn_top1": None, "embedding_std": spread, "effective_rank": effective_rank(bank)}
         if self.labelled:
             queries = compute_embeddings(method, data.test, info, runtime, indices=self.query_idx)
             out["knn_top1"] = knn_accuracy(
@@ -270,6 +286,7 @@ def fit(
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            method.after_step(global_step + 1, total_steps)  # momentum encoders, queues
             loss_sum += logs["loss"] * len(idx)
             loss_count += len(idx)
             images_seen += len(idx)
@@ -304,8 +321,12 @@ def fit(
         last_save = time.monotonic()
         _write_log(run_dir, history)
         knn_text = f"kNN {knn:.2%}" if knn is not None else "kNN n/a (no labels)"
+        if monitor_out["embedding_std"] < COLLAPSE_SPREAD:
+            tqdm.write(f"warning: the embeddings are collapsing (spread {monitor_out['embedding_std']:.3f}, "
+                       f"effective rank {monitor_out['effective_rank']:.1f}); try another --lr, --temperature or method",
+                       file=sys.stderr)
         tqdm.write(f"epoch {epoch}/{config.epochs}: loss {record['loss']:.4f}  {knn_text}  "
-                   f"spread {monitor_out['embedding_std']:.2f}  {record['images_per_s']:.0f} img/s", file=sys.stderr)
+                   f"spread {monitor_out['embedding_std']:.2f}  rank {monitor_out['effective_rank']:.0f}  {record['images_per_s']:.0f} img/s", file=sys.stderr)
         if stopped_early:
             tqdm.write(f"early stop: no kNN improvement for {config.patience} epochs (best {best_knn:.2%})", file=sys.stderr)
     bar.close()
