@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import subprocess
 import sys
 
@@ -42,7 +43,7 @@ def describe() -> str:
     """Several lines: command, machine, versions, commit, load."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [
-        "command: " + " ".join([os.path.relpath(sys.executable), *sys.argv]),
+        "command: " + shlex.join([os.path.relpath(sys.executable), *sys.argv]),
         f"machine: {cpu_model()}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}, "
         f"load average {load:.2f}",
         f"versions: python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}",

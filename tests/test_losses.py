@@ -17,13 +17,28 @@ import torch
 
 from contrastkit.errors import ConfigError
 from contrastkit.losses import (
+    BarlowTwinsLoss,
+    BYOLLoss,
+    MoCoLoss,
+    NNCLRLoss,
     NTXentLoss,
     PairwiseMarginLoss,
+    SimSiamLoss,
     SupConLoss,
+    VICRegLoss,
+    barlow_twins_loss,
+    byol_loss,
     contrastive_pair_loss,
+    moco_loss,
+    nearest_neighbours,
+    negative_cosine,
+    nnclr_loss,
     nt_xent_loss,
     pairwise_margin_loss,
+    simsiam_loss,
     supcon_loss,
+    vicreg_loss,
+    vicreg_terms,
 )
 
 BATCHES = (1, 2, 3, 8)
@@ -442,3 +457,345 @@ def test_losses_run_on_meta_device_without_autocast() -> None:
     assert nt_xent_loss(z, z).device.type == "meta"
     assert pairwise_margin_loss(z, z).device.type == "meta"
     assert supcon_loss(torch.empty(3, 2, 4, device="meta"), torch.empty(3, device="meta")).device.type == "meta"
+
+
+# ============================================ non-contrastive and queue losses
+# References from: Barlow Twins (arXiv 2103.03230) Eqs. 1-2; VICReg (arXiv
+# 2105.04906) Eqs. 1-6 / Algorithm 1; SimSiam (arXiv 2011.10566) Eqs. 1, 4;
+# BYOL (arXiv 2006.07733) Eq. 2 + symmetric term; MoCo (arXiv 1911.05722)
+# Eq. 1; NNCLR (arXiv 2104.14548) Eqs. 1-2.
+
+TWO_PLUS = (2, 3, 8)
+
+
+def ref_barlow(z1: np.ndarray, z2: np.ndarray, lam: float) -> float:
+    """Eq. 2 cross-correlation of batch-centred outputs, Eq. 1 loss, by loops."""
+    n, d = z1.shape
+    a, b = z1 - z1.mean(axis=0), z2 - z2.mean(axis=0)
+    loss = 0.0
+    for i in range(d):
+        for j in range(d):
+            num = sum(a[k, i] * b[k, j] for k in range(n))
+            c = num / (math.sqrt(sum(a[k, i] ** 2 for k in range(n))) * math.sqrt(sum(b[k, j] ** 2 for k in range(n))))
+            loss += (1 - c) ** 2 if i == j else lam * c**2
+    return loss
+
+
+def ref_vicreg(z1: np.ndarray, z2: np.ndarray, lam: float, mu: float, nu: float, gamma: float = 1.0, eps: float = 1e-4) -> tuple[float, float, float, float]:
+    """Algorithm 1 of VICReg by loops: (loss, invariance, variance, covariance)."""
+    n, d = z1.shape
+    inv = sum((z1[k, j] - z2[k, j]) ** 2 for k in range(n) for j in range(d)) / (n * d)
+    var = cov = 0.0
+    for z in (z1, z2):
+        mean = [sum(z[k, j] for k in range(n)) / n for j in range(d)]
+        c = [[sum((z[k, i] - mean[i]) * (z[k, j] - mean[j]) for k in range(n)) / (n - 1) for j in range(d)] for i in range(d)]
+        var += sum(max(0.0, gamma - math.sqrt(c[j][j] + eps)) for j in range(d)) / d
+        cov += sum(c[i][j] ** 2 for i in range(d) for j in range(d) if i != j) / d
+    return lam * inv + mu * var + nu * cov, inv, var, cov
+
+
+def ref_simsiam(p1: np.ndarray, p2: np.ndarray, z1: np.ndarray, z2: np.ndarray) -> float:
+    """Eq. 4: 1/2 D(p1, z2) + 1/2 D(p2, z1), D = -cos, averaged over the batch."""
+    n = len(p1)
+    d12 = sum(-ref_cos(p1[i], z2[i]) for i in range(n)) / n
+    d21 = sum(-ref_cos(p2[i], z1[i]) for i in range(n)) / n
+    return 0.5 * d12 + 0.5 * d21
+
+
+def ref_byol(p1: np.ndarray, p2: np.ndarray, t1: np.ndarray, t2: np.ndarray) -> float:
+    """Eq. 2 ||q/|q| - z'/|z'| ||^2 averaged over the batch, plus the swapped term."""
+    n = len(p1)
+
+    def l(q: np.ndarray, z: np.ndarray) -> float:
+        return sum(float(np.sum((q[i] / np.linalg.norm(q[i]) - z[i] / np.linalg.norm(z[i])) ** 2)) for i in range(n)) / n
+
+    return l(p1, t2) + l(p2, t1)
+
+
+def ref_moco(q: np.ndarray, k: np.ndarray, queue: np.ndarray, tau: float) -> float:
+    """MoCo Eq. 1 for each query with its key and the K queued negatives, mean over queries."""
+    unit = lambda v: v / np.linalg.norm(v)  # noqa: E731
+    total = 0.0
+    for i in range(len(q)):
+        pos = math.exp(float(np.dot(unit(q[i]), unit(k[i]))) / tau)
+        neg = sum(math.exp(float(np.dot(unit(q[i]), unit(kn))) / tau) for kn in queue)
+        total += -math.log(pos / (pos + neg))
+    return total / len(q)
+
+
+def ref_nnclr(z1: np.ndarray, z2: np.ndarray, p1: np.ndarray, p2: np.ndarray, support: np.ndarray, tau: float) -> float:
+    """NNCLR Eq. 1 (NN by cosine) and Eq. 2 with predictions, averaged over both directions."""
+    unit = lambda v: v / np.linalg.norm(v)  # noqa: E731
+
+    def nn(v: np.ndarray) -> np.ndarray:
+        return unit(max(support, key=lambda s: ref_cos(v, s)))
+
+    def one_way(z: np.ndarray, p: np.ndarray) -> float:
+        n = len(z)
+        total = 0.0
+        for i in range(n):
+            q = nn(z[i])
+            num = math.exp(float(np.dot(q, unit(p[i]))) / tau)
+            den = sum(math.exp(float(np.dot(q, unit(p[k]))) / tau) for k in range(n))
+            total += -math.log(num / den)
+        return total / n
+
+    return 0.5 * (one_way(z1, p2) + one_way(z2, p1))
+
+
+@pytest.mark.parametrize("lam", (0.0, 5e-3, 0.1))
+@pytest.mark.parametrize("d", DIMS)
+@pytest.mark.parametrize("n", TWO_PLUS)
+def test_barlow_twins_matches_eqs_1_2(n: int, d: int, lam: float) -> None:
+    z = views(n, d, seed=n * 100 + d + 20)
+    got = BarlowTwinsLoss(lam)(t32(z[:, 0]), t32(z[:, 1]))
+    assert got.dtype == torch.float32 and got.ndim == 0
+    np.testing.assert_allclose(got.item(), ref_barlow(z[:, 0], z[:, 1], lam), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("weights", ((25.0, 25.0, 1.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
+@pytest.mark.parametrize("d", DIMS)
+@pytest.mark.parametrize("n", TWO_PLUS)
+def test_vicreg_matches_algorithm_1(n: int, d: int, weights: tuple[float, float, float]) -> None:
+    z = views(n, d, seed=n * 100 + d + 21) * 0.7  # std below gamma = 1: the hinge is active
+    want, *want_terms = ref_vicreg(z[:, 0], z[:, 1], *weights)
+    got = VICRegLoss(*weights)(t32(z[:, 0]), t32(z[:, 1]))
+    assert got.dtype == torch.float32 and got.ndim == 0
+    np.testing.assert_allclose(got.item(), want, rtol=1e-5, atol=1e-5)
+    terms = vicreg_terms(t32(z[:, 0]), t32(z[:, 1]))
+    np.testing.assert_allclose([t.item() for t in terms], want_terms, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("d", DIMS)
+@pytest.mark.parametrize("n", BATCHES)
+def test_simsiam_and_byol_match_the_papers(n: int, d: int) -> None:
+    rng = np.random.default_rng(n * 100 + d + 22)
+    p1, p2, z1, z2 = (rng.normal(size=(n, d)) for _ in range(4))
+    got = SimSiamLoss()(t32(p1), t32(p2), t32(z1), t32(z2))
+    np.testing.assert_allclose(got.item(), ref_simsiam(p1, p2, z1, z2), **TOL)
+    got = BYOLLoss()(t32(p1), t32(p2), t32(z1), t32(z2))
+    np.testing.assert_allclose(got.item(), ref_byol(p1, p2, z1, z2), **TOL)
+
+
+@pytest.mark.parametrize("k", (1, 5, 32))
+@pytest.mark.parametrize("tau", TEMPERATURES)
+@pytest.mark.parametrize("d", DIMS)
+@pytest.mark.parametrize("n", BATCHES)
+def test_moco_matches_eq1(n: int, d: int, tau: float, k: int) -> None:
+    rng = np.random.default_rng(n * 1000 + d * 10 + k)
+    q, key, queue = rng.normal(size=(n, d)), rng.normal(size=(n, d)), rng.normal(size=(k, d))
+    got = MoCoLoss(tau)(t32(q), t32(key), t32(queue))
+    assert got.dtype == torch.float32 and got.ndim == 0
+    np.testing.assert_allclose(got.item(), ref_moco(q, key, queue, tau), **TOL)
+
+
+@pytest.mark.parametrize("k", (1, 7, 32))
+@pytest.mark.parametrize("tau", (0.1, 0.5))
+@pytest.mark.parametrize("d", DIMS)
+@pytest.mark.parametrize("n", BATCHES)
+def test_nnclr_matches_eq2(n: int, d: int, tau: float, k: int) -> None:
+    rng = np.random.default_rng(n * 1000 + d * 10 + k + 1)
+    z1, z2, p1, p2 = (rng.normal(size=(n, d)) for _ in range(4))
+    support = rng.normal(size=(k, d))
+    got = NNCLRLoss(tau)(t32(z1), t32(z2), t32(p1), t32(p2), t32(support))
+    assert got.dtype == torch.float32 and got.ndim == 0
+    np.testing.assert_allclose(got.item(), ref_nnclr(z1, z2, p1, p2, support, tau), **TOL)
+
+
+# ------------------------------------------------------------ closed forms
+
+
+@pytest.mark.parametrize("lam", (5e-3, 1.0))
+def test_barlow_twins_is_zero_when_cross_correlation_is_identity(lam: float) -> None:
+    # Columns of a scaled Hadamard matrix: zero mean over the batch (the all-ones
+    # column is dropped), mutually orthogonal, so C = I for identical views, and
+    # for views that differ by a per-dimension positive scale and shift.
+    h = torch.tensor([[1.0]])
+    for _ in range(3):
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)])  # (8, 8) Sylvester Hadamard
+    z = h[:, 1:]  # (8, 7)
+    assert barlow_twins_loss(z, z.clone(), lam).item() == pytest.approx(0.0, abs=1e-6)
+    scaled = z * torch.linspace(0.5, 4.0, 7) + 3.0
+    assert barlow_twins_loss(z, scaled, lam).item() == pytest.approx(0.0, abs=1e-6)
+    # Swapping two dimensions of one view: C_00 = C_11 = 0, C_01 = C_10 = 1.
+    swapped = z[:, [1, 0, 2, 3, 4, 5, 6]]
+    assert barlow_twins_loss(z, swapped, lam).item() == pytest.approx(2.0 + 2.0 * lam, rel=1e-5)
+    # Anti-correlated views: C = -I, every diagonal entry costs (1 - (-1))^2 = 4.
+    assert barlow_twins_loss(z, -z, lam).item() == pytest.approx(4.0 * 7, rel=1e-5)
+
+
+def test_barlow_twins_constant_dimension_costs_one_not_nan() -> None:
+    z = torch.randn(6, 4)
+    z[:, 2] = 5.0  # collapsed dimension
+    zz = z.clone().requires_grad_()
+    loss = barlow_twins_loss(zz, z.clone(), 0.0)
+    loss.backward()
+    # the three live dimensions are perfectly correlated with themselves
+    assert loss.item() == pytest.approx(1.0, abs=1e-5)
+    assert torch.isfinite(zz.grad).all()
+
+
+def test_vicreg_closed_forms() -> None:
+    g = torch.Generator().manual_seed(8)
+    z = torch.randn(16, 6, generator=g) * 3.0
+    inv, _, _ = vicreg_terms(z, z.clone())
+    assert inv.item() == 0.0  # identical views: no invariance cost
+    # Hadamard columns scaled by 2: std 2 * sqrt(8/7) > 1 (no variance cost), covariance 0.
+    h = torch.tensor([[1.0]])
+    for _ in range(3):
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)])
+    w = 2.0 * h[:, 1:]
+    inv, var, cov = vicreg_terms(w, w.clone())
+    assert (inv.item(), var.item()) == (0.0, 0.0)
+    assert cov.item() == pytest.approx(0.0, abs=1e-10)
+    # Collapsed batch: every std is sqrt(eps) = 0.01, so v = 1 - 0.01 per view.
+    c = torch.ones(8, 5)
+    inv, var, cov = vicreg_terms(c, c.clone())
+    assert var.item() == pytest.approx(2 * 0.99, rel=1e-6) and cov.item() == 0.0
+    assert vicreg_loss(c, c.clone()).item() == pytest.approx(25 * 2 * 0.99, rel=1e-6)
+
+
+def test_simsiam_of_identical_directions_is_minus_one_and_byol_zero() -> None:
+    g = torch.Generator().manual_seed(9)
+    z = torch.randn(5, 8, generator=g)
+    scale = torch.rand(5, 1, generator=g) + 0.5
+    assert negative_cosine(z * scale, z).item() == pytest.approx(-1.0, abs=1e-6)
+    assert simsiam_loss(z, z * scale, z * scale, z).item() == pytest.approx(-1.0, abs=1e-6)
+    assert byol_loss(z, z * scale, z * scale, z).item() == pytest.approx(0.0, abs=1e-6)
+    # Opposite directions: D = 1, and BYOL's 2 - 2cos = 4 per term.
+    assert simsiam_loss(z, z, -z, -z).item() == pytest.approx(1.0, abs=1e-6)
+    assert byol_loss(z, z, -z, -z).item() == pytest.approx(8.0, abs=1e-5)
+
+
+def test_moco_closed_form_orthogonal_queue() -> None:
+    # q = k (similarity 1) and K queued keys orthogonal to q (similarity 0):
+    # L = -log(e^{1/t} / (e^{1/t} + K)) = log(1 + K e^{-1/t}).
+    q = torch.eye(3, 10)
+    queue = torch.eye(10)[3:]  # 7 keys orthogonal to every query
+    for tau in TEMPERATURES:
+        want = math.log(1 + 7 * math.exp(-1 / tau))
+        assert moco_loss(q, q.clone(), queue, tau).item() == pytest.approx(want, rel=1e-6, abs=1e-6)
+
+
+def test_nearest_neighbours_picks_the_most_similar_support_row() -> None:
+    support = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.1]])
+    z = torch.tensor([[5.0, 1.0], [0.1, 1.0], [-1.0, 0.0]])
+    got = nearest_neighbours(z, support)
+    want = torch.nn.functional.normalize(support[[0, 1, 2]], dim=1)
+    assert torch.equal(got, want)
+    # NNCLR with a support set holding each z and predictions equal to z: the
+    # closed form of an orthogonal batch is log(1 + (N - 1) e^{-1/t}).
+    e = torch.eye(4, 6)
+    want_loss = math.log(1 + 3 * math.exp(-1 / 0.1))
+    assert nnclr_loss(e, e, e, e, e, 0.1).item() == pytest.approx(want_loss, rel=1e-5, abs=1e-6)
+
+
+# ------------------------------------------------------------ symmetry and grads
+
+
+def test_new_symmetric_losses_do_not_depend_on_view_order() -> None:
+    g = torch.Generator().manual_seed(10)
+    z1, z2, p1, p2 = (torch.randn(6, 5, generator=g) for _ in range(4))
+    support = torch.randn(9, 5, generator=g)
+    assert barlow_twins_loss(z1, z2).item() == pytest.approx(barlow_twins_loss(z2, z1).item(), rel=1e-5)
+    assert vicreg_loss(z1, z2).item() == pytest.approx(vicreg_loss(z2, z1).item(), rel=1e-6)
+    assert simsiam_loss(p1, p2, z1, z2).item() == pytest.approx(simsiam_loss(p2, p1, z2, z1).item(), rel=1e-6)
+    assert byol_loss(p1, p2, z1, z2).item() == pytest.approx(byol_loss(p2, p1, z2, z1).item(), rel=1e-6)
+    a, b = nnclr_loss(z1, z2, p1, p2, support), nnclr_loss(z2, z1, p2, p1, support)
+    assert a.item() == pytest.approx(b.item(), rel=1e-6)
+    # ... while pairing matters.
+    assert barlow_twins_loss(z1, z2).item() != pytest.approx(barlow_twins_loss(z1, z2[torch.randperm(6, generator=g)]).item(), rel=1e-3)
+
+
+def test_stop_gradient_targets_get_no_gradient() -> None:
+    g = torch.Generator().manual_seed(11)
+    p1, p2, z1, z2 = (torch.randn(4, 3, generator=g).requires_grad_() for _ in range(4))
+    for fn in (simsiam_loss, byol_loss):
+        for t in (p1, p2, z1, z2):
+            t.grad = None
+        fn(p1, p2, z1, z2).backward()
+        assert z1.grad is None and z2.grad is None
+        assert p1.grad is not None and p2.grad is not None
+    q, k, queue = (torch.randn(4, 3, generator=g).requires_grad_() for _ in range(3))
+    moco_loss(q, k, queue).backward()
+    assert k.grad is None and queue.grad is None and torch.isfinite(q.grad).all()
+
+
+@pytest.mark.parametrize(
+    "loss_fn",
+    (
+        lambda a, b: barlow_twins_loss(a, b),
+        lambda a, b: vicreg_loss(a, b),
+        lambda a, b: simsiam_loss(a, b, b, a),
+        lambda a, b: byol_loss(a, b, b, a),
+        lambda a, b: moco_loss(a, b, torch.randn(5, 4)),
+        lambda a, b: nnclr_loss(a, b, b, a, torch.randn(5, 4)),
+    ),
+    ids=("barlow", "vicreg", "simsiam", "byol", "moco", "nnclr"),
+)
+@pytest.mark.parametrize("case", ("random", "views_equal", "all_equal"))
+def test_new_loss_gradients_are_finite(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], case: str) -> None:
+    g = torch.Generator().manual_seed(12)
+    base = torch.randn(3, 4, generator=g)
+    other = {"random": torch.randn(3, 4, generator=g), "views_equal": base, "all_equal": base[:1].expand(3, 4)}[case]
+    if case == "all_equal":
+        base = other
+    z1, z2 = base.clone().requires_grad_(), other.clone().requires_grad_()
+    loss = loss_fn(z1, z2)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(z1.grad).all()
+
+
+def test_new_losses_stay_float32_under_bf16() -> None:
+    g = torch.Generator().manual_seed(13)
+    z1, z2, queue = torch.randn(16, 32, generator=g), torch.randn(16, 32, generator=g), torch.randn(40, 32, generator=g)
+    fns = (
+        lambda a, b: barlow_twins_loss(a, b, 0.01),
+        lambda a, b: vicreg_loss(a, b),
+        lambda a, b: simsiam_loss(a, b, b, a),
+        lambda a, b: byol_loss(a, b, b, a),
+        lambda a, b: moco_loss(a, b, queue, 0.2),
+        lambda a, b: nnclr_loss(a, b, b, a, queue, 0.1),
+    )
+    for fn in fns:
+        plain = fn(z1, z2)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = fn(z1, z2)
+        assert auto.dtype == torch.float32
+        assert auto.item() == pytest.approx(plain.item(), rel=1e-5, abs=1e-6)
+        b1, b2 = z1.bfloat16(), z2.bfloat16()
+        got = fn(b1, b2)
+        assert got.dtype == torch.float32 and got.item() == fn(b1.float(), b2.float()).item()
+
+
+# ------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize("bad", (-1e-3, float("nan"), float("inf"), "0.1", True))
+def test_new_hyper_parameters_are_checked(bad: object) -> None:
+    with pytest.raises(ConfigError, match=r"barlow lambda must be a finite number >= 0"):
+        BarlowTwinsLoss(bad)
+    for name in ("sim_weight", "var_weight", "cov_weight"):
+        with pytest.raises(ConfigError, match=rf"{name} must be a finite number >= 0"):
+            VICRegLoss(**{name: bad})
+    with pytest.raises(ConfigError, match="temperature must be a finite number > 0"):
+        MoCoLoss(bad)
+    with pytest.raises(ConfigError, match="temperature must be a finite number > 0"):
+        NNCLRLoss(bad)
+    with pytest.raises(ConfigError, match="must not all be 0"):
+        VICRegLoss(0.0, 0.0, 0.0)
+    with pytest.raises(ConfigError, match="gamma must be a finite number > 0"):
+        VICRegLoss(gamma=0.0)
+
+
+def test_new_losses_refuse_bad_shapes() -> None:
+    with pytest.raises(ValueError, match=r"N >= 2.*\(1, 4\)"):
+        barlow_twins_loss(torch.ones(1, 4), torch.ones(1, 4))
+    with pytest.raises(ValueError, match=r"N >= 2.*\(1, 4\)"):
+        vicreg_loss(torch.ones(1, 4), torch.ones(1, 4))
+    with pytest.raises(ValueError, match=r"queue must have shape \(K, 4\).*\(3, 5\)"):
+        moco_loss(torch.ones(2, 4), torch.ones(2, 4), torch.ones(3, 5))
+    with pytest.raises(ValueError, match=r"support must have shape \(K, 4\).*\(0, 4\)"):
+        nnclr_loss(torch.ones(2, 4), torch.ones(2, 4), torch.ones(2, 4), torch.ones(2, 4), torch.ones(0, 4))
+    with pytest.raises(ValueError, match=r"\(3, 4\).*\(3, 5\)"):
+        simsiam_loss(torch.ones(3, 4), torch.ones(3, 4), torch.ones(3, 5), torch.ones(3, 5))

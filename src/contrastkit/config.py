@@ -18,7 +18,7 @@ from typing import Any
 from contrastkit.errors import ConfigError
 from contrastkit.losses import DISTANCES as DISTANCE_NAMES
 
-METHOD_NAMES = ("simclr", "pairwise", "supcon", "supervised")
+METHOD_NAMES = ("simclr", "pairwise", "supcon", "supervised", "barlowtwins", "vicreg", "simsiam", "byol", "moco", "nnclr")
 OPTIMIZER_NAMES = ("adamw", "lars")
 DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
 PRECISION_NAMES = ("auto", "bf16", "fp16", "fp32")
@@ -43,15 +43,22 @@ class TrainConfig:
     crop_min_scale: float | None = _field(None, "smallest area fraction of the random resized crop, in (0, 1]; omitted = the recipe's default for the image size (0.5 for small grayscale, 0.08 for RGB)")
 
     # --- model ---
-    method: str = _field("simclr", "training method: simclr (NT-Xent), pairwise (margin contrastive loss), supcon (needs labels), supervised (baseline, needs labels)")
+    method: str = _field("simclr", "training method: simclr (NT-Xent), pairwise (margin contrastive loss), supcon (needs labels), supervised (baseline, needs labels), barlowtwins (cross-correlation to identity), vicreg (variance-invariance-covariance), simsiam (predictor + stop-gradient), byol (predictor + EMA target), moco (MoCo v2: momentum key encoder + queue of negatives), nnclr (nearest neighbour from a support queue as positive)")
     backbone: str = _field("small_cnn", "encoder network: small_cnn (fast, for 28-32 px), seed_cnn, resnet18, resnet34, resnet50")
     proj_hidden_dim: int = _field(512, "hidden width of the projection MLP")
-    proj_dim: int = _field(128, "output dimension of the projection MLP (SimCLR: 128)")
+    proj_dim: int = _field(128, "output dimension of the projection MLP (SimCLR: 128); barlowtwins and vicreg gain from wider projections (papers: 8192), try 1024-2048")
+    pred_hidden_dim: int = _field(512, "hidden width of the predictor MLP of byol, simsiam and nnclr (input and output are --proj-dim); BYOL uses 4096 for 256-d projections, SimSiam a bottleneck of 512 for 2048-d")
 
     # --- loss ---
-    temperature: float = _field(0.1, "NT-Xent / SupCon temperature tau (> 0); 0.1-0.5 works, lower values need larger batches")
+    temperature: float = _field(0.1, "NT-Xent / SupCon / MoCo / NNCLR temperature tau (> 0); 0.1-0.5 works, lower values need larger batches (MoCo v2: 0.2, NNCLR: 0.1)")
     margin: float = _field(1.0, "margin m (> 0) of the pairwise loss, in units of --distance on L2-normalised projections (d in [0, 2])")
     distance: str = _field("euclidean", "distance of the pairwise loss: euclidean or cosine (1 - cos)")
+    barlow_lambda: float | None = _field(None, "barlowtwins: weight (>= 0) of the off-diagonal (redundancy) term; omitted = 1 / --proj-dim (Tsai et al. 2021, arXiv 2104.13712), 0.0078 for 128 dims; the paper's 5e-3 was tuned for 8192 dims")
+    vicreg_sim_weight: float = _field(25.0, "vicreg: weight lambda (>= 0) of the invariance (MSE) term; paper 25")
+    vicreg_var_weight: float = _field(25.0, "vicreg: weight mu (>= 0) of the variance (hinge on std, gamma 1) term; paper 25, keep it >= --vicreg-sim-weight against collapse")
+    vicreg_cov_weight: float = _field(1.0, "vicreg: weight nu (>= 0) of the covariance (decorrelation) term; paper 1")
+    momentum: float = _field(0.99, "byol and moco: EMA base tau in [0, 1) of the target / key encoder, per optimiser step (target = tau target + (1 - tau) online); byol ramps it to 1 with a cosine, moco keeps it constant. Papers: 0.996 (BYOL) and 0.999 (MoCo) for runs of ~100k steps; 0.99 suits runs of a few thousand steps")
+    queue_size: int = _field(4096, "moco: negative keys in the queue; nnclr: projections in the support set (> 0). Papers use 65536 (MoCo) and 98304 (NNCLR) on ImageNet; keep it well below the number of training images, 4096 suits Fashion-MNIST / CIFAR")
 
     # --- optimisation ---
     epochs: int = _field(30, "passes over the training split")
@@ -82,6 +89,18 @@ class TrainConfig:
         _check_positive("epochs", self.epochs)
         _check_positive("proj_hidden_dim", self.proj_hidden_dim)
         _check_positive("proj_dim", self.proj_dim)
+        _check_positive("pred_hidden_dim", self.pred_hidden_dim)
+        _check_positive("queue_size", self.queue_size)
+        if self.barlow_lambda is not None and not 0 <= self.barlow_lambda < float("inf"):
+            raise ConfigError(f"--barlow-lambda must be a finite number >= 0, got {self.barlow_lambda}")
+        for name in ("vicreg_sim_weight", "vicreg_var_weight", "vicreg_cov_weight"):
+            value = getattr(self, name)
+            if not 0 <= value < float("inf"):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+        if self.vicreg_sim_weight + self.vicreg_var_weight + self.vicreg_cov_weight == 0:
+            raise ConfigError("--vicreg-sim-weight, --vicreg-var-weight and --vicreg-cov-weight must not all be 0")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"--momentum must be in [0, 1) (EMA base tau), got {self.momentum}")
         _check_positive("temperature", self.temperature)
         _check_positive("margin", self.margin)
         _check_positive("monitor_bank", self.monitor_bank)

@@ -15,6 +15,8 @@ The training loop knows nothing else about a method.
 
 from __future__ import annotations
 
+import copy
+import math
 from typing import Callable
 
 import torch
@@ -23,9 +25,19 @@ from torch import nn
 
 from contrastkit.config import TrainConfig
 from contrastkit.errors import ConfigError
-from contrastkit.losses import NTXentLoss, PairwiseMarginLoss, SupConLoss
+from contrastkit.losses import (
+    BarlowTwinsLoss,
+    BYOLLoss,
+    MoCoLoss,
+    NNCLRLoss,
+    NTXentLoss,
+    PairwiseMarginLoss,
+    SimSiamLoss,
+    SupConLoss,
+    VICRegLoss,
+)
 from contrastkit.models.backbones import build_backbone
-from contrastkit.models.heads import ProjectionHead
+from contrastkit.models.heads import PredictionHead, ProjectionHead
 
 
 class Method(nn.Module):
@@ -144,11 +156,222 @@ class Supervised(Method):
         return loss, {"loss": float(loss.detach()), "train_acc": float(acc)}
 
 
+# --------------------------------------------------------------------------
+# Non-contrastive, momentum and queue methods
+# --------------------------------------------------------------------------
+
+
+def cosine_momentum(step: int, total_steps: int, base: float) -> float:
+    """BYOL's EMA rate after ``step`` of ``total_steps``: ``1 - (1 - base)(cos(pi k/K) + 1)/2``.
+
+    Grill et al. 2020, arXiv 2006.07733, Sec. 3.2: tau rises from ``base`` at
+    k = 0 to 1 at k = K.
+    """
+    progress = min(max(step, 0), total_steps) / max(total_steps, 1)
+    return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """``target = tau * target + (1 - tau) * online`` for every parameter (buffers are left alone).
+
+    As in BYOL and MoCo's code, only parameters are averaged; the target's
+    BatchNorm statistics follow from its own forward passes.
+    """
+    for t, o in zip(target.parameters(), online.parameters(), strict=True):
+        t.copy_(tau * t + (1.0 - tau) * o.detach())
+
+
+def _frozen_copy(module: nn.Module) -> nn.Module:
+    """A deep copy that never receives gradients (an EMA target / key encoder)."""
+    twin = copy.deepcopy(module)
+    for p in twin.parameters():
+        p.requires_grad_(False)
+    return twin
+
+
+class FeatureQueue(nn.Module):
+    """A FIFO ring buffer of L2-normalised vectors: MoCo's queue, NNCLR's support set.
+
+    Both live in buffers (``vectors`` (K, D) float32 and ``ptr``), so
+    checkpoints and resume cover them. It starts with random unit vectors,
+    as MoCo's does. :meth:`push` overwrites the oldest entries in order and
+    wraps around; a push of more than K vectors keeps the last K.
+    """
+
+    def __init__(self, size: int, dim: int) -> None:
+        super().__init__()
+        if size < 1 or dim < 1:
+            raise ConfigError(f"--queue-size must be > 0, got {size} (dimension {dim})")
+        self.register_buffer("vectors", F.normalize(torch.randn(size, dim), dim=1))  # (K, D)
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def push(self, x: torch.Tensor) -> None:
+        """Enqueue the rows of ``x`` (N, D), normalised, in place of the oldest ones."""
+        size = self.vectors.shape[0]
+        x = F.normalize(x.detach().float(), dim=1)[-size:]  # (min(N, K), D)
+        start = int(self.ptr)
+        idx = (start + torch.arange(x.shape[0], device=x.device)) % size
+        self.vectors[idx] = x.to(self.vectors.device)
+        self.ptr.fill_((start + x.shape[0]) % size)
+
+
+class BarlowTwins(Method):
+    """Barlow Twins (Zbontar et al. 2021, arXiv 2103.03230): projector + cross-correlation to identity.
+
+    lambda defaults to 1 / proj_dim (``--barlow-lambda``).
+    """
+
+    def __init__(self, backbone: nn.Module, config: TrainConfig) -> None:
+        super().__init__(backbone)
+        self.head = _projector(backbone, config)
+        lam = config.barlow_lambda if config.barlow_lambda is not None else 1.0 / config.proj_dim
+        self.loss = BarlowTwinsLoss(lam)
+
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        z1, z2 = _project_views(self.backbone, self.head, views[:2])
+        loss = self.loss(z1, z2)
+        return loss, {"loss": float(loss.detach())}
+
+
+class VICReg(Method):
+    """VICReg (Bardes et al. 2021, arXiv 2105.04906): projector (expander) + variance/invariance/covariance."""
+
+    def __init__(self, backbone: nn.Module, config: TrainConfig) -> None:
+        super().__init__(backbone)
+        self.head = _projector(backbone, config)
+        self.loss = VICRegLoss(config.vicreg_sim_weight, config.vicreg_var_weight, config.vicreg_cov_weight)
+
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        z1, z2 = _project_views(self.backbone, self.head, views[:2])
+        inv, var, cov = self.loss.terms(z1, z2)
+        loss = self.loss.sim_weight * inv + self.loss.var_weight * var + self.loss.cov_weight * cov
+        return loss, {"loss": float(loss.detach()), "invariance": float(inv.detach()), "variance": float(var.detach()), "covariance": float(cov.detach())}
+
+
+class SimSiam(Method):
+    """SimSiam (Chen & He 2020, arXiv 2011.10566): projector + predictor, stop-gradient, symmetric negative cosine."""
+
+    def __init__(self, backbone: nn.Module, config: TrainConfig) -> None:
+        super().__init__(backbone)
+        self.head = _projector(backbone, config)
+        self.predictor = PredictionHead(config.proj_dim, config.pred_hidden_dim)
+        self.loss = SimSiamLoss()
+
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        z1, z2 = _project_views(self.backbone, self.head, views[:2])
+        p1, p2 = self.predictor(torch.cat([z1, z2])).split(z1.shape[0])  # (B, proj_dim) each
+        loss = self.loss(p1, p2, z1, z2)
+        return loss, {"loss": float(loss.detach())}
+
+
+class BYOL(Method):
+    """BYOL (Grill et al. 2020, arXiv 2006.07733): online network + predictor against an EMA target.
+
+    The target (``target_backbone``, ``target_head``) starts as a copy of the
+    online backbone and projector, never receives gradients, lives in the
+    state dict, and is updated in :meth:`after_step` with tau following
+    :func:`cosine_momentum` from ``--momentum`` to 1.
+    """
+
+    def __init__(self, backbone: nn.Module, config: TrainConfig) -> None:
+        super().__init__(backbone)
+        self.head = _projector(backbone, config)
+        self.predictor = PredictionHead(config.proj_dim, config.pred_hidden_dim)
+        self.target_backbone = _frozen_copy(backbone)
+        self.target_head = _frozen_copy(self.head)
+        self.base_momentum = config.momentum
+        self.loss = BYOLLoss()
+
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        z1, z2 = _project_views(self.backbone, self.head, views[:2])
+        p1, p2 = self.predictor(torch.cat([z1, z2])).split(z1.shape[0])  # (B, proj_dim) each
+        with torch.no_grad():
+            t1, t2 = _project_views(self.target_backbone, self.target_head, views[:2])
+        loss = self.loss(p1, p2, t1, t2)
+        return loss, {"loss": float(loss.detach())}
+
+    @torch.no_grad()
+    def after_step(self, step: int, total_steps: int) -> None:
+        """EMA of the online backbone and projector into the target, tau = :func:`cosine_momentum`."""
+        tau = cosine_momentum(step, total_steps, self.base_momentum)
+        ema_update(self.target_backbone, self.backbone, tau)
+        ema_update(self.target_head, self.head, tau)
+
+
+class MoCo(Method):
+    """MoCo v2 (Chen et al. 2020, arXiv 2003.04297): momentum key encoder, queue of negatives, InfoNCE.
+
+    The key encoder (``key_backbone``, ``key_head``) is an EMA of the query
+    encoder with the constant rate ``--momentum``, updated in
+    :meth:`after_step` (the paper updates it at the start of the next
+    forward: the same sequence of weights). The loss is symmetrised (each
+    view is once the query and once the key, averaged); after the loss the
+    keys of both views (2B per step) are enqueued, in training mode only.
+    """
+
+    def __init__(self, backbone: nn.Module, config: TrainConfig) -> None:
+        super().__init__(backbone)
+        self.head = _projector(backbone, config)
+        self.key_backbone = _frozen_copy(backbone)
+        self.key_head = _frozen_copy(self.head)
+        self.queue = FeatureQueue(config.queue_size, config.proj_dim)
+        self.momentum = config.momentum
+        self.loss = MoCoLoss(config.temperature)
+
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        q1, q2 = _project_views(self.backbone, self.head, views[:2])
+        with torch.no_grad():
+            k1, k2 = _project_views(self.key_backbone, self.key_head, views[:2])
+        negatives = self.queue.vectors.clone()  # the push below must not change what backward reads
+        loss = 0.5 * (self.loss(q1, k2, negatives) + self.loss(q2, k1, negatives))
+        if self.training:
+            self.queue.push(torch.cat([k1, k2]))
+        return loss, {"loss": float(loss.detach())}
+
+    @torch.no_grad()
+    def after_step(self, step: int, total_steps: int) -> None:
+        """EMA of the query encoder into the key encoder with the constant ``--momentum``."""
+        ema_update(self.key_backbone, self.backbone, self.momentum)
+        ema_update(self.key_head, self.head, self.momentum)
+
+
+class NNCLR(Method):
+    """NNCLR (Dwibedi et al. 2021, arXiv 2104.14548): nearest support-set neighbour as the positive.
+
+    Projector + predictor; the support set is a :class:`FeatureQueue` of
+    ``--queue-size`` projections, and the first views' projections of each
+    batch are enqueued after the loss (training mode only).
+    """
+
+    def __init__(self, backbone: nn.Module, config: TrainConfig) -> None:
+        super().__init__(backbone)
+        self.head = _projector(backbone, config)
+        self.predictor = PredictionHead(config.proj_dim, config.pred_hidden_dim)
+        self.support = FeatureQueue(config.queue_size, config.proj_dim)
+        self.loss = NNCLRLoss(config.temperature)
+
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        z1, z2 = _project_views(self.backbone, self.head, views[:2])
+        p1, p2 = self.predictor(torch.cat([z1, z2])).split(z1.shape[0])  # (B, proj_dim) each
+        loss = self.loss(z1, z2, p1, p2, self.support.vectors.clone())
+        if self.training:
+            self.support.push(z1)
+        return loss, {"loss": float(loss.detach())}
+
+
 METHODS: dict[str, Callable[..., Method]] = {
     "simclr": SimCLR,
     "pairwise": PairwiseMargin,
     "supcon": SupCon,
     "supervised": Supervised,
+    "barlowtwins": BarlowTwins,
+    "vicreg": VICReg,
+    "simsiam": SimSiam,
+    "byol": BYOL,
+    "moco": MoCo,
+    "nnclr": NNCLR,
 }
 
 

@@ -220,7 +220,7 @@ def fit(
         if not last_path.exists():
             raise CheckpointError(f"{run_dir}: nothing to resume, no {last_path}")
         state = load_checkpoint(last_path)
-        if state["config"] != config.to_dict():
+        if TrainConfig.from_dict(state["config"]) != config:  # fields added since are filled with defaults
             raise ConfigError(f"{last_path}: the checkpoint's configuration differs from this one; resume with the run's own config.json")
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

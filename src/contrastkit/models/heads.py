@@ -92,3 +92,24 @@ class ProjectionHead(nn.Module):
                 f"the last incomplete batch"
             )
         return self.mlp(x)  # (B, out_dim)
+
+
+class PredictionHead(ProjectionHead):
+    """The predictor MLP of BYOL, SimSiam and NNCLR: Linear - BN - ReLU - Linear, ``dim -> dim``.
+
+    BYOL (Grill et al. 2020, arXiv:2006.07733, Sec. 3.3) and SimSiam (Chen &
+    He 2020, arXiv:2011.10566, Sec. 4) put this MLP on the online branch
+    only; it maps a projection to a prediction of the other view's
+    projection. SimSiam uses a bottleneck (``hidden_dim`` = ``dim / 4``),
+    BYOL a wide hidden layer (4096 for 256-d projections).
+
+    Args:
+        dim: size of the projections it reads and the predictions it writes.
+        hidden_dim: width of the hidden layer.
+
+    Raises:
+        ConfigError: a size is not a positive integer.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__(dim, hidden_dim, dim, num_layers=2, batch_norm=True)

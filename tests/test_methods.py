@@ -1,0 +1,265 @@
+"""Tests of contrastkit.methods: the method contract, EMA targets, queues, checkpoints, and a real fit."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from contrastkit.checkpoint import load_checkpoint, load_method
+from contrastkit.cli import build_parser
+from contrastkit.config import METHOD_NAMES, TrainConfig
+from contrastkit.errors import ConfigError
+from contrastkit.methods import BYOL, METHODS, FeatureQueue, MoCo, build_method, cosine_momentum, ema_update
+from contrastkit.optim import build_optimizer
+from contrastkit.train import fit
+
+NEW_METHODS = ("barlowtwins", "vicreg", "simsiam", "byol", "moco", "nnclr")
+TARGETS = {"byol": ("target_backbone", "target_head"), "moco": ("key_backbone", "key_head")}
+SMALL = dict(proj_hidden_dim=32, proj_dim=16, pred_hidden_dim=8, queue_size=24)
+
+
+def _views(b: int = 6, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, 1, 16, 16, generator=g) for _ in range(2)]
+
+
+def _build(name: str, **overrides: object) -> nn.Module:
+    return build_method(TrainConfig(method=name, **{**SMALL, **overrides}), in_channels=1, num_classes=3)
+
+
+def _first_conv(module: nn.Module) -> nn.Conv2d:
+    return next(m for m in module.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_registry_names_the_new_methods() -> None:
+    assert set(NEW_METHODS) <= set(METHODS) and set(METHODS) == set(METHOD_NAMES)
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_forward_backward_and_embed(name: str) -> None:
+    method = _build(name)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    loss, logs = method(_views(), labels)
+    assert loss.ndim == 0 and loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert isinstance(logs["loss"], float) and logs["loss"] == pytest.approx(loss.item())
+    loss.backward()
+    grad = _first_conv(method.backbone).weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+    method.eval()
+    x = _views(4, seed=1)[0]
+    with torch.no_grad():
+        emb = method.embed(x)
+        assert emb.shape == (4, method.embed_dim) == (4, method.backbone.embed_dim)
+        assert torch.equal(emb, method.backbone(x))  # backbone features, not the projector's
+
+
+@pytest.mark.parametrize("name", NEW_METHODS)
+def test_forward_under_bf16_autocast_gives_float32_loss(name: str) -> None:
+    method = _build(name)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = method(_views())
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert _first_conv(method.backbone).weight.grad is not None
+
+
+def test_vicreg_logs_its_three_terms() -> None:
+    _, logs = _build("vicreg")(_views())
+    assert {"invariance", "variance", "covariance"} <= set(logs)
+    assert logs["loss"] == pytest.approx(25 * logs["invariance"] + 25 * logs["variance"] + logs["covariance"], rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ("byol", "moco"))
+def test_target_network_gets_no_gradient_and_no_optimiser(name: str) -> None:
+    method = _build(name)
+    loss, _ = method(_views())
+    loss.backward()
+    target_params = [p for part in TARGETS[name] for p in getattr(method, part).parameters()]
+    assert target_params and all(not p.requires_grad and p.grad is None for p in target_params)
+    optimised = {id(p) for g in build_optimizer(method, method_config(name)).param_groups for p in g["params"]}
+    assert not optimised & {id(p) for p in target_params}
+    assert {id(p) for p in method.backbone.parameters()} <= optimised
+
+
+def method_config(name: str) -> TrainConfig:
+    return TrainConfig(method=name, **SMALL)
+
+
+def test_targets_start_as_copies_of_the_online_network() -> None:
+    for name, (bb, head) in TARGETS.items():
+        method = _build(name)
+        for a, b in zip(method.backbone.parameters(), getattr(method, bb).parameters(), strict=True):
+            assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
+        for a, b in zip(method.head.parameters(), getattr(method, head).parameters(), strict=True):
+            assert torch.equal(a, b)
+
+
+def test_cosine_momentum_schedule() -> None:
+    assert cosine_momentum(0, 100, 0.99) == pytest.approx(0.99)
+    assert cosine_momentum(50, 100, 0.99) == pytest.approx(0.995)
+    assert cosine_momentum(100, 100, 0.99) == 1.0
+    assert cosine_momentum(25, 100, 0.9) == pytest.approx(1 - 0.1 * (2**-0.5 + 1) / 2)
+
+
+def _perturb_online(method: nn.Module) -> None:
+    with torch.no_grad():
+        for p in list(method.backbone.parameters()) + list(method.head.parameters()):
+            p.add_(torch.randn_like(p))
+
+
+@pytest.mark.parametrize("name", ("byol", "moco"))
+def test_ema_update_matches_the_formula(name: str) -> None:
+    base = 0.9
+    method = _build(name, momentum=base)
+    _perturb_online(method)
+    bb, head = TARGETS[name]
+    pairs = list(zip(getattr(method, bb).parameters(), method.backbone.parameters())) + list(
+        zip(getattr(method, head).parameters(), method.head.parameters())
+    )
+    before = [(t.clone(), o.clone()) for t, o in pairs]
+    method.after_step(2, 4)  # BYOL: tau = 1 - 0.1 (cos(pi/2) + 1)/2 = 0.95; MoCo: constant 0.9
+    tau = 0.95 if name == "byol" else 0.9
+    for (t, o), (t0, o0) in zip(pairs, before):
+        assert torch.equal(o, o0)  # the online network is untouched
+        torch.testing.assert_close(t, tau * t0 + (1 - tau) * o0, rtol=0, atol=1e-6)
+    assert any(not torch.equal(t, t0) for (t, _), (t0, _) in zip(pairs, before))
+
+
+def test_ema_update_exact_on_dyadic_values() -> None:
+    target, online = nn.Linear(2, 2), nn.Linear(2, 2)
+    with torch.no_grad():
+        for p in target.parameters():
+            p.fill_(1.0)
+        for p in online.parameters():
+            p.fill_(3.0)
+    ema_update(target, online, 0.75)
+    assert all(torch.equal(p, torch.full_like(p, 1.5)) for p in target.parameters())  # 0.75 * 1 + 0.25 * 3
+    ema_update(target, online, 0.0)
+    assert all(torch.equal(p, torch.full_like(p, 3.0)) for p in target.parameters())
+
+
+def test_byol_target_reaches_online_weights_at_the_last_step() -> None:
+    method = _build("byol", momentum=0.5)
+    _perturb_online(method)
+    method.after_step(10, 10)  # tau = 1: the target does not move at the end
+    assert not torch.equal(_first_conv(method.target_backbone).weight, _first_conv(method.backbone).weight)
+
+
+def _unit(rows: list[list[float]]) -> torch.Tensor:
+    return torch.nn.functional.normalize(torch.tensor(rows, dtype=torch.float32), dim=1)
+
+
+def test_queue_is_fifo_with_wrap_around() -> None:
+    q = FeatureQueue(5, 2)
+    a = _unit([[1, 0], [0, 1], [1, 1]])
+    b = _unit([[-1, 0], [0, -1], [-1, -1]])
+    start = q.vectors.clone()
+    q.push(a)
+    assert torch.allclose(q.vectors[:3], a) and torch.equal(q.vectors[3:], start[3:]) and int(q.ptr) == 3
+    q.push(b * 7.0)  # stored normalised
+    # slots 3, 4 then wrap to 0: b[0], b[1] at the end, b[2] overwrote the oldest (a[0])
+    assert torch.allclose(q.vectors, torch.stack([b[2], a[1], a[2], b[0], b[1]]))
+    assert int(q.ptr) == 1
+    c = _unit([[float(i), 1.0] for i in range(7)])
+    q.push(c)  # more than K: the last 5 are kept, oldest first from the pointer
+    assert torch.allclose(q.vectors, torch.stack([c[6], c[2], c[3], c[4], c[5]]))
+    assert int(q.ptr) == 1
+
+
+def test_moco_enqueues_both_views_keys_in_training_only() -> None:
+    method = _build("moco", queue_size=24)
+    method.train()
+    views = _views(b=5)
+    method(views)
+    assert int(method.queue.ptr) == 10
+    with torch.no_grad():
+        k = [method.key_head(method.key_backbone(torch.cat(views)))]  # BN in train mode: same batch statistics
+    torch.testing.assert_close(method.queue.vectors[:10], torch.nn.functional.normalize(k[0], dim=1))
+    method.eval()
+    before = method.queue.vectors.clone()
+    method(views)
+    assert torch.equal(method.queue.vectors, before) and int(method.queue.ptr) == 10
+
+
+def test_nnclr_support_set_holds_first_view_projections() -> None:
+    method = _build("nnclr", queue_size=24)
+    views = _views(b=4)
+    method(views)
+    assert int(method.support.ptr) == 4
+
+
+@pytest.mark.parametrize("name", ("byol", "moco", "nnclr"))
+def test_state_dict_covers_target_and_queue(name: str) -> None:
+    method = _build(name)
+    method(_views())
+    method.after_step(1, 10)
+    state = method.state_dict()
+    keys = set(state)
+    if name in TARGETS:
+        for part in TARGETS[name]:
+            assert any(k.startswith(part + ".") for k in keys), part
+    if name == "moco":
+        assert {"queue.vectors", "queue.ptr"} <= keys
+    if name == "nnclr":
+        assert {"support.vectors", "support.ptr"} <= keys
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    restored = _build(name, seed=1)  # other initial weights and queue
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    for k, v in restored.state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+
+def test_build_method_refuses_bad_options() -> None:
+    with pytest.raises(ConfigError, match=r"--momentum must be in \[0, 1\)"):
+        TrainConfig(method="byol", momentum=1.0)
+    with pytest.raises(ConfigError, match="--queue-size must be > 0"):
+        TrainConfig(method="moco", queue_size=0)
+    with pytest.raises(ConfigError, match="--barlow-lambda must be a finite number >= 0"):
+        TrainConfig(method="barlowtwins", barlow_lambda=-1.0)
+    with pytest.raises(ConfigError, match="--vicreg-var-weight must be a finite number >= 0"):
+        TrainConfig(method="vicreg", vicreg_var_weight=-1.0)
+    with pytest.raises(ConfigError, match="must not all be 0"):
+        TrainConfig(method="vicreg", vicreg_sim_weight=0.0, vicreg_var_weight=0.0, vicreg_cov_weight=0.0)
+    with pytest.raises(ConfigError, match="--pred-hidden-dim must be > 0"):
+        TrainConfig(pred_hidden_dim=0)
+
+
+def test_barlow_lambda_defaults_to_one_over_proj_dim() -> None:
+    assert _build("barlowtwins").loss.lambda_ == 1 / 16
+    assert _build("barlowtwins", barlow_lambda=5e-3).loss.lambda_ == 5e-3
+
+
+@pytest.mark.parametrize("name", NEW_METHODS)
+def test_cli_accepts_method_and_its_options(name: str) -> None:
+    args = build_parser().parse_args(
+        ["train", "--method", name, "--queue-size", "256", "--momentum", "0.996", "--barlow-lambda", "0.01",
+         "--vicreg-sim-weight", "20", "--vicreg-var-weight", "30", "--vicreg-cov-weight", "2", "--pred-hidden-dim", "64"]
+    )
+    assert args.method == name and args.queue_size == 256 and args.momentum == 0.996
+    assert args.barlow_lambda == 0.01 and args.vicreg_var_weight == 30.0 and args.pred_hidden_dim == 64
+
+
+@pytest.mark.parametrize("name", NEW_METHODS)
+def test_fit_one_epoch_on_real_images(name: str, fmnist_small, tmp_path) -> None:
+    _, data = fmnist_small
+    # fp32: bf16 kernels cost a one-off warm-up of tens of seconds per process on
+    # some CPUs; bf16 is covered by test_forward_under_bf16_autocast below.
+    config = TrainConfig(method=name, epochs=1, batch_size=64, monitor_bank=300, monitor_queries=100, queue_size=256, precision="fp32")
+    method = build_method(config, data.train.shape[0], data.train.num_classes)
+    result = fit(method, data, config, tmp_path / "run", progress=False)
+    (record,) = result.history
+    assert record["loss"] == record["loss"] and abs(record["loss"]) < 1e6  # finite
+    assert 0.1 < record["knn_top1"] <= 1.0  # 10 classes
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]
+    if name in TARGETS:
+        assert any(k.startswith(TARGETS[name][0] + ".") for k in state)
+    if name == "moco":
+        steps = len(data.train) // 64
+        assert int(state["queue.ptr"]) == (steps * 2 * 64) % 256
+    reloaded, _, _ = load_method(tmp_path / "run", which="last")
+    assert type(reloaded) is type(method)
