@@ -23,7 +23,7 @@ from contrastkit.methods import build_method
 from contrastkit.embedding import compute_embeddings
 from contrastkit.knn import knn_accuracy
 from contrastkit.runtime import Runtime
-from contrastkit.train import augment_recipe, effective_rank, fit
+from contrastkit.train import augment_recipe, effective_rank, fit, local_recipe
 
 TINY = dict(epochs=2, batch_size=64, monitor_bank=300, monitor_queries=100, warmup_epochs=0.5)
 
@@ -195,3 +195,22 @@ def test_collapse_is_logged_and_warned(fmnist_small, tmp_path, monkeypatch, caps
     line = json.loads((tmp_path / "run" / "log.jsonl").read_text())
     assert line["embedding_std"] < 1e-3
     assert "the embeddings are collapsing" in capsys.readouterr().err
+
+
+def test_multi_crop_views_reach_the_method(fmnist_small, tmp_path, monkeypatch):
+    """A method asking for local views gets num_views global views at full size, then the local ones, smaller."""
+    _, data = fmnist_small
+    config = TrainConfig(**{**TINY, "epochs": 1})
+    method = build_method(config, 1)
+    method.num_local_views = 3
+    shapes = []
+    forward = method.forward
+
+    def spy(views, labels=None):
+        shapes.append([tuple(v.shape) for v in views])
+        return forward(views[:2], labels)
+
+    monkeypatch.setattr(method, "forward", spy)
+    fit(method, data, config, tmp_path / "run", progress=False)
+    assert shapes[0] == [(64, 1, 28, 28)] * 2 + [(64, 1, 12, 12)] * 3
+    assert local_recipe(augment_recipe({"channels": 1, "image_size": 28}, config)).crop_scale == (0.05, 0.4)

@@ -7,7 +7,8 @@ Every method has the same contract (MoCo's ``builder.py``, timm's
   floats worth logging;
 - ``embed(x) -> (B, embed_dim)``: backbone features, never the projector's
   output, for evaluation and downstream use;
-- ``num_views`` and ``needs_labels`` tell the training loop what to feed it;
+- ``num_views``, ``num_local_views`` and ``needs_labels`` tell the training
+  loop what to feed it (``views`` holds the global views, then the local ones);
 - ``after_step(step, total_steps)`` runs after every optimiser step (EMA
   targets, queues).
 The training loop knows nothing else about a method.
@@ -43,7 +44,8 @@ from contrastkit.models.heads import PredictionHead, ProjectionHead
 class Method(nn.Module):
     """A backbone plus whatever the method trains on top of it."""
 
-    num_views: int = 2
+    num_views: int = 2  # global views of each image, at the full view size
+    num_local_views: int = 0  # multi-crop: small local views appended after the global ones
     needs_labels: bool = False
 
     def __init__(self, backbone: nn.Module) -> None:

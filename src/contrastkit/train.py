@@ -94,6 +94,16 @@ def augment_recipe(info: dict[str, Any], config: TrainConfig) -> AugmentConfig:
     return recipe
 
 
+LOCAL_SIZE_RATIO = 96 / 224  # side of local crops relative to global ones (DINO, arXiv 2104.14294)
+LOCAL_CROP_SCALE = (0.05, 0.4)  # area fraction of local crops (DINO's default)
+
+
+def local_recipe(recipe: AugmentConfig) -> AugmentConfig:
+    """Multi-crop's small local views: the same recipe, smaller crops at a smaller size (at least 8 px)."""
+    size = max(8, round(recipe.size * LOCAL_SIZE_RATIO))
+    return dataclasses.replace(recipe, size=size, crop_scale=LOCAL_CROP_SCALE)
+
+
 def _check_data(data: DataSplits, method: Method, config: TrainConfig) -> None:
     n = len(data.train)
     if n == 0:
@@ -200,6 +210,9 @@ def fit(
     info = data_info(data.train, config)
     aug_cfg = augment_recipe(info, config)
     augment = ViewAugment(aug_cfg, info["mean"], info["std"])
+    local_augment = (
+        ViewAugment(local_recipe(aug_cfg), info["mean"], info["std"]) if method.num_local_views else None
+    )
     method.to(runtime.device)
     if runtime.channels_last:
         method.to(memory_format=torch.channels_last)
@@ -274,6 +287,8 @@ def fit(
             x = data.train.get_batch(idx).to(runtime.device, non_blocking=True)
             labels = data.train.labels[idx].to(runtime.device) if data.train.labels is not None else None
             views = [runtime.prepare(augment(x, gen)) for _ in range(method.num_views)]
+            if local_augment is not None:  # multi-crop (DINO): small local views after the global ones
+                views += [runtime.prepare(local_augment(x, gen)) for _ in range(method.num_local_views)]
             with runtime.autocast():
                 loss, logs = method(views, labels)
             if not torch.isfinite(loss):
