@@ -214,3 +214,30 @@ def test_multi_crop_views_reach_the_method(fmnist_small, tmp_path, monkeypatch):
     fit(method, data, config, tmp_path / "run", progress=False)
     assert shapes[0] == [(64, 1, 28, 28)] * 2 + [(64, 1, 12, 12)] * 3
     assert local_recipe(augment_recipe({"channels": 1, "image_size": 28}, config)).crop_scale == (0.05, 0.4)
+
+
+def test_patience_stops_early_and_resume_does_not_continue(fmnist_small, tmp_path, monkeypatch):
+    """With --patience 2, a kNN monitor that only falls stops the run after epoch 3 of 6."""
+    import contrastkit.train as train_module
+
+    _, data = fmnist_small
+    scores = iter([0.8, 0.7, 0.6, 0.5, 0.4, 0.3])
+    monkeypatch.setattr(train_module._Monitor, "__call__",
+                        lambda self, *a: {"knn_top1": next(scores), "embedding_std": 0.5, "effective_rank": 10.0})
+    run, result = _train(data, tmp_path / "run", epochs=6, patience=2)
+    assert result.stopped_early and [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert result.history[-1]["stopped_early"] and result.best_knn == 0.8
+    assert load_checkpoint(run / "checkpoints" / "best.pt")["epoch"] == 1
+    config = TrainConfig(**{**TINY, "epochs": 6, "patience": 2})
+    again = fit(build_method(config, 1), data, config, run, resume=True, progress=False)
+    assert len(again.history) == 3 and again.stopped_early
+
+
+def test_python_api_mirrors_the_cli():
+    import contrastkit as ck
+
+    assert ck.fit is fit and ck.TrainConfig is TrainConfig and ck.build_method is build_method
+    for name in ("load_dataset", "embed", "evaluate", "read_embeddings", "load_method"):
+        assert callable(getattr(ck, name))
+    with pytest.raises(AttributeError):
+        ck.no_such_name
