@@ -1,4 +1,4 @@
-"""The ``contrastkit`` command line: train, embed, evaluate.
+"""The ``contrastkit`` command line: train, embed, evaluate, label.
 
 Training options are generated from :class:`~contrastkit.config.TrainConfig`,
 so their defaults and help live in one place. Errors a user can cause are
@@ -102,6 +102,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--json", action="store_true", help="print metrics.json instead of the table")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    label = sub.add_parser(
+        "label", help="auto-label every image: clusters, or classes from a few seed labels",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Label every item of a run's embeddings (train and test rows; embeds first when\n"
+        "embeddings.npy is missing). Give --clusters K for clusters without labels, or --seed-labels CSV\n"
+        "to spread a few labels to all items.\n\n"
+        "Writes into the run folder (or --out):\n"
+        "  labels.csv          item,source,label,confidence,cluster per item; label is the cluster number\n"
+        "                      (--clusters) or the class name (--seed-labels); cluster is the group of\n"
+        "                      the montage (the cluster, or the assigned class index)\n"
+        "  label_metrics.json  the settings; with ground-truth labels in items.csv, cluster accuracy\n"
+        "                      (Hungarian matching), NMI and ARI, or the accuracy on all non-seed items\n"
+        "  montages/cluster_<k>.png  the 36 images nearest each centroid, from the run's data set",
+    )
+    label.add_argument("run", type=Path, help="run folder (or any folder with embeddings.npy and items.csv)")
+    mode = label.add_mutually_exclusive_group(required=True)
+    mode.add_argument(
+        "--clusters", type=int, metavar="K",
+        help="cluster the L2-normalised embeddings into K groups, no labels used; the confidence is the margin "
+        "1 - d1/d2 of the distances to the two nearest centroids (0 between two clusters, 1 on a centroid)",
+    )
+    mode.add_argument(
+        "--seed-labels", type=Path, metavar="CSV",
+        help="a CSV with header item,label: item is a source from items.csv or its row index, label a class "
+        "name or index. Labels every item with the kNN vote, label propagation on the kNN graph and a linear "
+        "classifier, and keeps the one most accurate on held-out seeds (stratified k-fold, up to 5 folds); "
+        "the confidence is its probability",
+    )
+    label.add_argument(
+        "--algorithm", choices=("kmeans", "spectral"), default="kmeans",
+        help="with --clusters: kmeans (scikit-learn KMeans, 10 seeded restarts) or spectral (scikit-learn "
+        "SpectralClustering on the symmetric kNN graph; slower, for non-convex clusters) (default: kmeans)",
+    )
+    label.add_argument(
+        "--neighbors", type=int, default=10,
+        help="k of the kNN graph (spectral, propagation) and of the kNN vote among seeds (default: 10)",
+    )
+    label.add_argument("--review", type=int, default=0, metavar="N",
+                       help="print the N least confident items (index, source, label, confidence) to check by hand")
+    label.add_argument("--out", type=Path, default=None, help="output folder (default: the run folder)")
+    label.add_argument("--no-montage", action="store_true", help="do not draw the montage PNGs")
+    label.add_argument("--seed", type=int, default=0, help="random seed of k-means and the folds (default: 0)")
     return parser
 
 
@@ -171,7 +214,41 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "embed": _cmd_embed, "evaluate": _cmd_evaluate}
+def _cmd_label(args: argparse.Namespace) -> int:
+    from contrastkit.label import LABEL_METRICS_FILE, LABELS_FILE, label_run, least_confident
+
+    if args.review < 0:
+        raise ConfigError(f"--review must be >= 0, got {args.review}")
+    m = label_run(
+        args.run, clusters=args.clusters, algorithm=args.algorithm, seed_labels=args.seed_labels,
+        out_dir=args.out, montages=not args.no_montage, neighbors=args.neighbors, seed=args.seed,
+    )
+    out = args.out or args.run
+    truth = m.get("ground_truth")
+    if m["mode"] == "clusters":
+        print(f"{m['clusters']} clusters ({m['algorithm']}) of {m['n_items']} items")
+        if truth:
+            print(f"against the {truth['n_labelled']} known labels: cluster accuracy {truth['cluster_accuracy']:.2%}, "
+                  f"NMI {truth['nmi']:.3f}, ARI {truth['ari']:.3f}")
+    else:
+        cv = ", ".join(f"{k} {v:.2%}" for k, v in m["cv_accuracy"].items())
+        print(f"{m['n_seeds']} seed labels; held-out accuracy over {m['folds']} folds: {cv}; chosen: {m['model']}")
+        if truth and truth["accuracy_non_seed"] is not None:
+            print(f"accuracy on the {truth['n_non_seed_labelled']} labelled non-seed items: {truth['accuracy_non_seed']:.2%}")
+    if args.review:
+        conf = m["result"].confidence
+        print(f"least confident {min(args.review, len(conf))} items:")
+        print(f"{'index':>7}  {'confidence':>10}  {'label':<16} source")
+        for i in least_confident(conf, args.review).tolist():
+            print(f"{i:>7}  {conf[i]:>10.4f}  {m['label_names'][i]:<16} {m['sources'][i]}")
+    montage = f", {len(m['montages'])} montages in {out / 'montages'}" if m.get("montages") else ""
+    print(f"wrote {out / LABELS_FILE}, {out / LABEL_METRICS_FILE}{montage}")
+    if not m.get("montages"):
+        print(f"note: no montages: {m['montage_note'] or 'no groups'}")
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "embed": _cmd_embed, "evaluate": _cmd_evaluate, "label": _cmd_label}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from contrastkit.errors import ConfigError
 
 
 @torch.no_grad()
-def knn_predict(
+def knn_votes(
     bank: torch.Tensor,
     bank_labels: torch.Tensor,
     queries: torch.Tensor,
@@ -26,7 +26,7 @@ def knn_predict(
     num_classes: int | None = None,
     chunk_size: int = 1024,
 ) -> torch.Tensor:
-    """Predicted class of each query from its k nearest bank items.
+    """Each query's votes per class from its k nearest bank items.
 
     Args:
         bank: (N, D) features of labelled items.
@@ -39,7 +39,8 @@ def knn_predict(
         chunk_size: queries per matrix product (bounds memory to chunk x N).
 
     Returns:
-        (M,) int64 predictions.
+        (M, C) float votes; their argmax is the prediction, and divided by
+        their row sum they are class probabilities.
     """
     if len(bank) == 0:
         raise ConfigError("kNN needs at least one labelled item in the bank")
@@ -61,9 +62,21 @@ def knn_predict(
             weights = 1.0 + sim / (2 * k + 1)
         else:
             weights = (sim / temperature).exp()
-        votes = torch.zeros(len(q), c, device=bank.device).scatter_add_(1, neighbour_labels, weights)
-        out.append(votes.argmax(dim=1))
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
+        out.append(torch.zeros(len(q), c, device=bank.device).scatter_add_(1, neighbour_labels, weights))
+    return torch.cat(out) if out else torch.zeros(0, c)
+
+
+def knn_predict(
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    queries: torch.Tensor,
+    k: int = 20,
+    temperature: float | None = None,
+    num_classes: int | None = None,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """(M,) int64 predicted class of each query: the argmax of :func:`knn_votes` (same arguments)."""
+    return knn_votes(bank, bank_labels, queries, k, temperature, num_classes, chunk_size).argmax(dim=1)
 
 
 def knn_accuracy(

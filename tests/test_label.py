@@ -1,0 +1,293 @@
+"""Auto-labelling: clustering metrics, seed models and their choice, confidences, seed CSVs, the CLI end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from contrastkit.cli import main
+from contrastkit.errors import ConfigError, DataError
+from contrastkit.label import (
+    cluster_accuracy,
+    cluster_metrics,
+    label_clusters,
+    label_from_seeds,
+    least_confident,
+    read_seed_labels,
+    write_labels_csv,
+)
+
+
+def blobs(per_class: int = 50, classes: int = 4, dim: int = 8, spread: float = 0.15, seed: int = 0):
+    """Gaussian blobs around orthogonal unit vectors: (features, labels)."""
+    rng = np.random.default_rng(seed)
+    centres = np.eye(dim)[:classes]
+    x = np.concatenate([c + spread * rng.standard_normal((per_class, dim)) for c in centres])
+    return x.astype(np.float32), np.repeat(np.arange(classes), per_class)
+
+
+def seeds_of(y: np.ndarray, per_class: int) -> np.ndarray:
+    return np.concatenate([np.flatnonzero(y == c)[:per_class] for c in np.unique(y)])
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def test_hungarian_matching_of_permuted_labels_is_perfect():
+    y = np.array([0, 0, 1, 1, 2, 2, 2])
+    pred = np.array([2, 2, 0, 0, 1, 1, 1])  # a renaming of the classes
+    acc, mapping = cluster_accuracy(y, pred)
+    assert acc == 1.0 and mapping == {2: 0, 0: 1, 1: 2}
+
+
+def test_hungarian_matching_of_a_known_confusion():
+    # classes 0,0,0,1,1,1 ; clusters a=5: 0,0,1 and b=7: 1,1,0 -> best matching 5->0, 7->1, 4 of 6 right
+    y = np.array([0, 0, 0, 1, 1, 1])
+    pred = np.array([5, 5, 7, 5, 7, 7])
+    acc, mapping = cluster_accuracy(y, pred)
+    assert acc == pytest.approx(4 / 6) and mapping == {5: 0, 7: 1}
+    # one cluster for everything: only one class can be matched
+    assert cluster_accuracy(y, np.zeros(6, dtype=int))[0] == pytest.approx(0.5)
+    # more clusters than classes: the unmatched cluster's items count as wrong
+    assert cluster_accuracy(np.array([0, 0, 1, 1]), np.array([0, 1, 2, 2]))[0] == pytest.approx(3 / 4)
+
+
+def test_cluster_metrics_skip_unknown_labels():
+    y = np.array([0, 0, 1, 1, -1, -1])
+    pred = np.array([1, 1, 0, 0, 0, 1])
+    m = cluster_metrics(y, pred)
+    assert m["n_labelled"] == 4
+    assert m["cluster_accuracy"] == 1.0 and m["nmi"] == pytest.approx(1.0) and m["ari"] == pytest.approx(1.0)
+    assert cluster_metrics(np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1]))["ari"] < 0.01
+
+
+# ----------------------------------------------------------------------------- clustering
+
+
+@pytest.mark.parametrize("algorithm", ["kmeans", "spectral"])
+def test_clustering_recovers_blobs(algorithm):
+    x, y = blobs()
+    r = label_clusters(x, 4, algorithm=algorithm)
+    m = cluster_metrics(y, r.clusters)
+    assert m["cluster_accuracy"] > 0.95 and m["nmi"] > 0.9 and m["ari"] > 0.9
+    assert r.clusters.shape == (len(x),) and set(r.clusters.tolist()) == {0, 1, 2, 3}
+    assert ((r.confidence >= 0) & (r.confidence <= 1)).all()
+
+
+def test_least_confident_items_lie_between_blobs():
+    x, _ = blobs(per_class=40, classes=3, spread=0.1)
+    e = np.eye(8, dtype=np.float32)
+    between = np.stack([(e[0] + e[1]) / 2, (e[1] + e[2]) / 2, (e[0] + e[2]) / 2])
+    x = np.concatenate([x, between])
+    r = label_clusters(x, 3)
+    assert set(least_confident(r.confidence, 3).tolist()) == {120, 121, 122}
+    assert r.confidence[120:].max() < 0.1 < np.median(r.confidence[:120])
+
+
+def test_too_many_clusters_is_a_config_error_with_the_numbers():
+    x, _ = blobs(per_class=3, classes=2)
+    with pytest.raises(ConfigError, match=r"--clusters 7 .*\(6\)"):
+        label_clusters(x, 7)
+    with pytest.raises(ConfigError, match="algorithm"):
+        label_clusters(x, 2, algorithm="dbscan")
+
+
+# ----------------------------------------------------------------------------- seeds
+
+
+@pytest.mark.parametrize("per_class", [2, 5])
+@pytest.mark.parametrize("model", ["knn", "propagation", "linear"])
+def test_each_seed_model_labels_blobs_from_few_seeds(model, per_class):
+    x, y = blobs()
+    idx = seeds_of(y, per_class)
+    r = label_from_seeds(x, idx, y[idx], models=(model,))
+    rest = np.setdiff1d(np.arange(len(y)), idx)
+    assert r.model == model
+    assert (r.labels[rest] == y[rest]).mean() > 0.9
+    assert ((r.confidence >= 0) & (r.confidence <= 1)).all() and (r.confidence[idx] == 1).all()
+    assert np.allclose(r.proba.sum(1), 1.0)
+
+
+@pytest.mark.parametrize("model", ["knn", "propagation"])
+def test_seed_confidence_is_lowest_between_blobs(model):
+    x, y = blobs(per_class=40, classes=3, spread=0.1)
+    e = np.eye(8, dtype=np.float32)
+    x = np.concatenate([x, np.stack([(e[0] + e[1]) / 2, (e[1] + e[2]) / 2, (e[0] + e[2]) / 2])])
+    idx = seeds_of(y, 3)
+    r = label_from_seeds(x, idx, y[idx], models=(model,))
+    assert set(least_confident(r.confidence, 3).tolist()) == {120, 121, 122}
+    assert r.confidence[120:].max() < 0.8 < np.median(r.confidence[:120])
+
+
+def clumps(seed: int = 0):
+    """Two classes split by the sign of one coordinate, each made of 8 small, far-apart clumps.
+
+    Across the class boundary clumps are nearer than along it, so neighbours
+    (kNN vote, propagation through a graph whose clumps do not touch) cannot
+    reach unseeded clumps correctly, while a linear classifier can.
+    """
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for cls, y_off, x_off in ((0, 0.2, 0.0), (1, -0.2, 0.5)):
+        for j in range(8):
+            centre = np.array([x_off + j, y_off, 5.0])
+            xs.append(centre + 0.03 * rng.standard_normal((30, 3)) * np.array([1, 1, 0]))
+            ys += [cls] * 30
+    return np.concatenate(xs).astype(np.float32), np.array(ys)
+
+
+def test_model_choice_is_made_on_held_out_seeds():
+    x, y = clumps()
+    idx = np.concatenate([np.flatnonzero(y == c)[np.arange(4) * 60] for c in (0, 1)])  # clumps 0, 2, 4, 6
+    r = label_from_seeds(x, idx, y[idx])
+    assert r.model == "linear" and r.folds == 4
+    assert r.cv_accuracy["linear"] >= 0.9
+    assert max(r.cv_accuracy["knn"], r.cv_accuracy["propagation"]) <= 0.6
+    assert (r.labels == y).mean() > 0.95
+    # the held-out accuracy predicts the real one: the losers really are worse on the rest
+    knn_only = label_from_seeds(x, idx, y[idx], models=("knn",))
+    assert (knn_only.labels == y).mean() < 0.8
+
+
+def test_seed_arguments_are_checked():
+    x, y = blobs(per_class=5, classes=2)
+    with pytest.raises(ConfigError, match="at least 2"):
+        label_from_seeds(x, np.array([0]), np.array([0]))
+    with pytest.raises(ConfigError, match="distinct"):
+        label_from_seeds(x, np.array([0, 0]), np.array([0, 1]))
+    with pytest.raises(ConfigError, match="not a choice"):
+        label_from_seeds(x, np.array([0, 6]), np.array([0, 1]), models=("svm",))
+
+
+# ----------------------------------------------------------------------------- seed CSV and labels.csv
+
+SOURCES = ["a.png", "b.png", "c.png", "d.png"]
+NAMES = ["cat", "dog"]
+
+
+def write_csv(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_seed_csv_by_source_or_index_and_name_or_integer(tmp_path):
+    p = write_csv(tmp_path / "s.csv", "item,label\nb.png,dog\n0,cat\n3,1\nb.png,dog\n")
+    idx, y, names = read_seed_labels(p, SOURCES, NAMES)
+    assert idx.tolist() == [0, 1, 3] and y.tolist() == [0, 1, 1] and names == NAMES
+    # without class names, names in the file become the classes (sorted)
+    p = write_csv(tmp_path / "n.csv", "label,item\nzebra,2\nant,0\n")
+    idx, y, names = read_seed_labels(p, SOURCES, None)
+    assert names == ["ant", "zebra"] and idx.tolist() == [0, 2] and y.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "text, line, value",
+    [
+        ("item,label\n0,cat\nx.png,dog\n", 3, "'x.png'"),  # unknown source
+        ("item,label\n0,cat\n9,dog\n", 3, "'9'"),  # index out of range
+        ("item,label\n0,cat\n1,bird\n", 3, "'bird'"),  # unknown class name
+        ("item,label\n0,cat\n1,2\n", 3, "'2'"),  # class index out of range
+        ("item,label\n0,cat\n0,dog\n", 3, "item 0"),  # conflicting labels
+        ("item,class\n0,cat\n", 1, "label"),  # missing column
+    ],
+)
+def test_bad_seed_csv_names_file_line_and_value(tmp_path, text, line, value):
+    p = write_csv(tmp_path / "bad.csv", text)
+    with pytest.raises(DataError) as e:
+        read_seed_labels(p, SOURCES, NAMES)
+    assert f"bad.csv, line {line}" in str(e.value) and value in str(e.value)
+
+
+def test_labels_csv_columns_and_rows(tmp_path):
+    write_labels_csv(tmp_path / "labels.csv", SOURCES, np.array([1, 0, 0, 1]), np.array([0.9, 0.5, 1.0, 0.25]),
+                     np.array([1, 0, 0, 1]), NAMES)
+    rows = list(csv.DictReader(open(tmp_path / "labels.csv")))
+    assert list(rows[0]) == ["item", "source", "label", "confidence", "cluster"]
+    assert [r["label"] for r in rows] == ["dog", "cat", "cat", "dog"]
+    assert rows[3] == {"item": "3", "source": "d.png", "label": "dog", "confidence": "0.2500", "cluster": "1"}
+
+
+# ----------------------------------------------------------------------------- CLI end to end
+
+
+@pytest.fixture(scope="module")
+def tiny_run(fmnist_small, tmp_path_factory):
+    path, _ = fmnist_small
+    run = tmp_path_factory.mktemp("runs") / "label"
+    args = ["--epochs", "1", "--batch-size", "64", "--monitor-bank", "300", "--monitor-queries", "100", "--quiet"]
+    assert main(["train", "--data", str(path), "--out", str(run), *args]) == 0
+    return run
+
+
+def test_cli_clusters_writes_labels_metrics_and_montages(tiny_run, capsys):
+    assert main(["label", str(tiny_run), "--clusters", "10", "--review", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "cluster accuracy" in out and "least confident 3 items" in out
+    rows = list(csv.DictReader(open(tiny_run / "labels.csv")))
+    assert len(rows) == 800 and list(rows[0]) == ["item", "source", "label", "confidence", "cluster"]
+    assert {r["cluster"] for r in rows} == {str(k) for k in range(10)}
+    assert all(0.0 <= float(r["confidence"]) <= 1.0 for r in rows)
+    m = json.loads((tiny_run / "label_metrics.json").read_text())
+    assert m["mode"] == "clusters" and sum(m["cluster_sizes"]) == 800
+    assert 0.2 < m["ground_truth"]["cluster_accuracy"] <= 1.0  # chance is about 0.1
+    assert m["ground_truth"]["n_labelled"] == 800 and 0 < m["ground_truth"]["nmi"] <= 1
+    pngs = sorted((tiny_run / "montages").glob("cluster_*.png"))
+    assert len(pngs) == 10
+    sizes = np.bincount([int(r["cluster"]) for r in rows], minlength=10)
+    img = Image.open(tiny_run / "montages" / "cluster_0.png")
+    n = min(36, sizes[0])
+    cols, rows_ = min(6, n), -(-n // 6)
+    assert img.size == (cols * 58 + 2, rows_ * 58 + 2)  # 28 px enlarged x2 to 56, 2 px gaps
+    assert img.mode == "L"
+
+
+def test_cli_seed_labels_with_review(tiny_run, fmnist_small, tmp_path, capsys):
+    _, data = fmnist_small
+    names = data.train.class_names
+    labels = data.train.labels.numpy()
+    seeds = tmp_path / "seeds.csv"
+    lines = ["item,label"]
+    for c in range(10):
+        for i in np.flatnonzero(labels == c)[:3]:
+            lines.append(f"{i},{names[c]}")
+    seeds.write_text("\n".join(lines) + "\n")
+    out_dir = tmp_path / "out"
+    assert main(["label", str(tiny_run), "--seed-labels", str(seeds), "--review", "5", "--out", str(out_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "chosen:" in out and "least confident 5 items" in out
+    review = out.split("least confident 5 items:")[1].splitlines()[2:7]
+    assert len(review) == 5 and all("fmnist_small.npz:" in line for line in review)
+    rows = list(csv.DictReader(open(out_dir / "labels.csv")))
+    assert len(rows) == 800 and {r["label"] for r in rows} <= set(names)
+    m = json.loads((out_dir / "label_metrics.json").read_text())
+    assert m["mode"] == "seeds" and m["n_seeds"] == 30 and m["model"] in ("knn", "propagation", "linear")
+    assert m["held_out_accuracy"] == m["cv_accuracy"][m["model"]]
+    assert m["ground_truth"]["n_non_seed_labelled"] == 770
+    assert 0.3 < m["ground_truth"]["accuracy_non_seed"] <= 1.0
+    confidences = sorted(float(r["confidence"]) for r in rows)
+    printed = [float(line.split()[1]) for line in review]
+    assert printed == pytest.approx(confidences[:5], abs=1e-4)
+    assert (out_dir / "montages" / "cluster_0.png").is_file()
+
+
+def test_cli_label_errors_and_no_montage(tiny_run, tmp_path, capsys):
+    bad = write_csv(tmp_path / "bad.csv", "item,label\n0,T-shirt/top\n1,unicorn\n")
+    assert main(["label", str(tiny_run), "--seed-labels", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.csv, line 3" in err and "unicorn" in err
+    assert main(["label", str(tiny_run), "--clusters", "900"]) == 2
+    assert "--clusters 900 is larger than the number of items (800)" in capsys.readouterr().err
+    # embeddings without a run (from another source): labels, no montages, a note
+    emb_only = tmp_path / "emb"
+    emb_only.mkdir()
+    for name in ("embeddings.npy", "items.csv", "meta.json"):
+        (emb_only / name).write_bytes((tiny_run / name).read_bytes())
+    assert main(["label", str(emb_only), "--clusters", "3"]) == 0
+    assert "note: no montages" in capsys.readouterr().out
+    assert (emb_only / "labels.csv").is_file() and not (emb_only / "montages").exists()
+    assert main(["label", str(tiny_run), "--clusters", "3", "--no-montage", "--out", str(tmp_path / "nm")]) == 0
+    assert not (tmp_path / "nm" / "montages").exists()
