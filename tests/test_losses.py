@@ -19,6 +19,7 @@ from contrastkit.errors import ConfigError
 from contrastkit.losses import (
     BarlowTwinsLoss,
     BYOLLoss,
+    DINOLoss,
     MoCoLoss,
     NNCLRLoss,
     NTXentLoss,
@@ -29,6 +30,8 @@ from contrastkit.losses import (
     barlow_twins_loss,
     byol_loss,
     contrastive_pair_loss,
+    dino_center_update,
+    dino_loss,
     moco_loss,
     nearest_neighbours,
     negative_cosine,
@@ -799,3 +802,184 @@ def test_new_losses_refuse_bad_shapes() -> None:
         nnclr_loss(torch.ones(2, 4), torch.ones(2, 4), torch.ones(2, 4), torch.ones(2, 4), torch.ones(0, 4))
     with pytest.raises(ValueError, match=r"\(3, 4\).*\(3, 5\)"):
         simsiam_loss(torch.ones(3, 4), torch.ones(3, 4), torch.ones(3, 5), torch.ones(3, 5))
+
+
+# ------------------------------------------------------------------- DINO
+
+
+def ref_dino(student: np.ndarray, teacher: np.ndarray, center: np.ndarray, tau_s: float, tau_t: float) -> float:
+    """DINO (arXiv 2104.14294) Algorithm 1 with multi-crop (Eq. 3), by loops over view pairs, samples and prototypes.
+
+    H(t, s) = -sum_k t_k log s_k with t = softmax((t_g - c) / tau_t) of a
+    global view g, s = softmax(s_v / tau_s) of any other view v; mean over
+    the batch, then over the pairs g != v.
+    """
+    n_teacher, n_views = len(teacher), len(student)
+    n, k = student.shape[1], student.shape[2]
+
+    def log_softmax(x: np.ndarray) -> list[float]:
+        top = max(x)
+        log_z = top + math.log(sum(math.exp(xi - top) for xi in x))
+        return [xi - log_z for xi in x]
+
+    total, terms = 0.0, 0
+    for g in range(n_teacher):
+        for v in range(n_views):
+            if v == g:
+                continue  # Algorithm 1: H(t1, s2)/2 + H(t2, s1)/2, never a view against itself
+            h = 0.0
+            for i in range(n):
+                t = [math.exp(x) for x in log_softmax((teacher[g, i] - center) / tau_t)]
+                log_s = log_softmax(student[v, i] / tau_s)
+                h += -sum(t[j] * log_s[j] for j in range(k))
+            total += h / n
+            terms += 1
+    return total / terms
+
+
+@pytest.mark.parametrize("temps", ((0.1, 0.04), (0.2, 0.07), (1.0, 1.0)))
+@pytest.mark.parametrize("local", (0, 1, 4))
+@pytest.mark.parametrize("k", (3, 64))
+@pytest.mark.parametrize("n", (1, 3, 8))
+def test_dino_matches_algorithm_1(n: int, k: int, local: int, temps: tuple[float, float]) -> None:
+    rng = np.random.default_rng(n * 1000 + k * 10 + local)
+    student = rng.uniform(-1, 1, size=(2 + local, n, k))  # the head's logits are cosines
+    teacher = rng.uniform(-1, 1, size=(2, n, k))
+    center = rng.normal(scale=0.3, size=k)
+    got = dino_loss(t32(student), t32(teacher), t32(center), *temps)
+    assert got.dtype == torch.float32 and got.ndim == 0
+    np.testing.assert_allclose(got.item(), ref_dino(student, teacher, center, *temps), rtol=1e-5, atol=1e-5)
+    module = DINOLoss(k, *temps)
+    with torch.no_grad():
+        module.center.copy_(t32(center))
+    np.testing.assert_allclose(module(t32(student), t32(teacher)).item(), got.item(), rtol=1e-6)
+
+
+def test_dino_one_teacher_view_and_more_teacher_than_global_pairs() -> None:
+    # G = 1: only the pairs (0, v), v >= 1, as in the reference.
+    rng = np.random.default_rng(30)
+    student, teacher, center = rng.uniform(-1, 1, (3, 4, 5)), rng.uniform(-1, 1, (1, 4, 5)), np.zeros(5)
+    got = dino_loss(t32(student), t32(teacher), t32(center), 0.1, 0.05)
+    np.testing.assert_allclose(got.item(), ref_dino(student, teacher, center, 0.1, 0.05), rtol=1e-5)
+
+
+@pytest.mark.parametrize("temps", ((0.1, 0.04), (0.5, 0.2)))
+def test_dino_equals_teacher_entropy_when_the_student_matches_it(temps: tuple[float, float]) -> None:
+    tau_s, tau_t = temps
+    g = torch.Generator().manual_seed(31)
+    t = torch.rand(5, 16, generator=g) * 2 - 1  # (N, K), the same for both global views
+    center = torch.randn(16, generator=g) * 0.2
+    teacher = torch.stack([t, t])  # (2, N, K)
+    student = ((t - center) * tau_s / tau_t).expand(4, 5, 16)  # every view: s / tau_s = (t - c) / tau_t
+    p = torch.softmax((t - center) / tau_t, dim=1)
+    entropy = -(p * p.log()).sum(1).mean()
+    assert dino_loss(student, teacher, center, tau_s, tau_t).item() == pytest.approx(entropy.item(), rel=1e-5)
+    # Any other student costs more (Gibbs' inequality).
+    other = student + torch.randn(4, 5, 16, generator=g)
+    assert dino_loss(other, teacher, center, tau_s, tau_t).item() > entropy.item() + 1e-3
+
+
+@pytest.mark.parametrize("k", (1, 7, 1024))
+def test_dino_uniform_teacher_and_student_give_log_k(k: int) -> None:
+    center = torch.full((k,), 0.3)
+    teacher = torch.full((2, 3, k), 0.3)  # equal to the centre: uniform after centring
+    student = torch.full((5, 3, k), -0.7)
+    # rel 1e-4: the float32 matmul sums N K equal terms
+    assert dino_loss(student, teacher, center).item() == pytest.approx(math.log(k), rel=1e-4, abs=1e-6)
+    # A uniform teacher against a peaked student costs more than log K (for K > 1).
+    peaked = student.clone()
+    peaked[..., 0] = 1.0
+    assert dino_loss(peaked, teacher, center).item() >= math.log(k) - 1e-6
+    if k > 1:
+        assert dino_loss(peaked, teacher, center).item() > math.log(k) + 1e-3
+
+
+def test_dino_is_symmetric_in_the_global_views_and_in_the_local_views() -> None:
+    g = torch.Generator().manual_seed(32)
+    student, teacher, center = torch.randn(5, 4, 8, generator=g), torch.randn(2, 4, 8, generator=g), torch.randn(8, generator=g)
+    base = dino_loss(student, teacher, center).item()
+    swapped = dino_loss(student[[1, 0, 2, 3, 4]], teacher[[1, 0]], center).item()
+    shuffled = dino_loss(student[[0, 1, 4, 2, 3]], teacher, center).item()
+    assert swapped == pytest.approx(base, rel=1e-6) and shuffled == pytest.approx(base, rel=1e-6)
+    # ... while which student view goes with which teacher view matters.
+    assert dino_loss(student[[1, 0, 2, 3, 4]], teacher, center).item() != pytest.approx(base, rel=1e-4)
+
+
+@pytest.mark.parametrize("momentum", (0.0, 0.5, 0.9))
+def test_dino_center_update_is_the_ema_of_the_teacher_batch_mean(momentum: float) -> None:
+    rng = np.random.default_rng(33)
+    center, teacher = rng.normal(size=6), rng.normal(size=(2, 5, 6))
+    want = momentum * center + (1 - momentum) * teacher.reshape(-1, 6).mean(0)
+    got = dino_center_update(t32(center), t32(teacher), momentum)
+    assert got.dtype == torch.float32 and got.shape == (6,)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+    # The module: the loss uses the old centre, then the centre moves (training mode only).
+    module = DINOLoss(6, center_momentum=momentum)
+    with torch.no_grad():
+        module.center.copy_(t32(center))
+    student = t32(rng.normal(size=(3, 5, 6)))
+    loss = module(student, t32(teacher))
+    assert loss.item() == pytest.approx(dino_loss(student, t32(teacher), t32(center)).item(), rel=1e-6)
+    np.testing.assert_allclose(module.center.numpy(), want, rtol=1e-5, atol=1e-6)
+    module.eval()
+    module(student, t32(teacher))
+    np.testing.assert_allclose(module.center.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_dino_center_is_a_buffer_starting_at_zero() -> None:
+    module = DINOLoss(10)
+    assert "center" in dict(module.named_buffers()) and "center" in module.state_dict()
+    assert not list(module.parameters()) and torch.equal(module.center, torch.zeros(10))
+
+
+def test_dino_gradients_reach_the_student_only() -> None:
+    g = torch.Generator().manual_seed(34)
+    student = torch.randn(4, 3, 8, generator=g).requires_grad_()
+    teacher = torch.randn(2, 3, 8, generator=g).requires_grad_()
+    center = torch.randn(8, generator=g).requires_grad_()
+    dino_loss(student, teacher, center).backward()
+    assert teacher.grad is None and center.grad is None
+    assert torch.isfinite(student.grad).all() and student.grad.abs().sum() > 0
+    module = DINOLoss(8)
+    module(student, teacher)  # the in-place centre update must not break backward
+    module(student, teacher).backward()
+    assert teacher.grad is None
+
+
+def test_dino_stays_float32_under_bf16() -> None:
+    g = torch.Generator().manual_seed(35)
+    student, teacher, center = torch.randn(6, 16, 32, generator=g), torch.randn(2, 16, 32, generator=g), torch.randn(32, generator=g)
+    plain = dino_loss(student, teacher, center)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = dino_loss(student, teacher, center)
+    assert auto.dtype == torch.float32 and auto.item() == pytest.approx(plain.item(), rel=1e-5)
+    got = dino_loss(student.bfloat16(), teacher.bfloat16(), center)
+    assert got.dtype == torch.float32
+    assert got.item() == dino_loss(student.bfloat16().float(), teacher.bfloat16().float(), center).item()
+
+
+@pytest.mark.parametrize("bad", (0.0, -1e-3, float("nan"), float("inf"), "0.1", True))
+def test_dino_hyper_parameters_are_checked(bad: object) -> None:
+    with pytest.raises(ConfigError, match="student_temp must be a finite number > 0"):
+        DINOLoss(4, student_temp=bad)
+    with pytest.raises(ConfigError, match="teacher_temp must be a finite number > 0"):
+        DINOLoss(4, teacher_temp=bad)
+    with pytest.raises(ConfigError, match="teacher_temp must be a finite number > 0"):
+        dino_loss(torch.ones(2, 1, 4), torch.ones(2, 1, 4), torch.zeros(4), 0.1, bad)
+    with pytest.raises(ConfigError, match=r"center momentum must be a number in \[0, 1\)"):
+        DINOLoss(4, center_momentum=1.0 if bad == 0.0 else bad)
+    with pytest.raises(ConfigError, match="out_dim must be a positive integer"):
+        DINOLoss(0)
+
+
+def test_dino_refuses_bad_shapes() -> None:
+    with pytest.raises(ValueError, match=r"student must have shape \(V, N, K\).*\(2, 3, 4\).*\(2, 3, 5\)"):
+        dino_loss(torch.ones(2, 3, 4), torch.ones(2, 3, 5), torch.zeros(4))
+    with pytest.raises(ValueError, match=r"V >= 2.*\(1, 3, 4\)"):
+        dino_loss(torch.ones(1, 3, 4), torch.ones(1, 3, 4), torch.zeros(4))
+    with pytest.raises(ValueError, match=r"1 <= G <= V.*\(3, 3, 4\)"):
+        dino_loss(torch.ones(2, 3, 4), torch.ones(3, 3, 4), torch.zeros(4))
+    with pytest.raises(ValueError, match=r"center must have shape \(4,\)"):
+        dino_loss(torch.ones(2, 3, 4), torch.ones(2, 3, 4), torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="center must be"):
+        dino_center_update(torch.zeros(4), torch.ones(2, 3, 5))

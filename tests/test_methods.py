@@ -9,21 +9,35 @@ import torch
 from torch import nn
 
 from contrastkit.checkpoint import load_checkpoint, load_method
-from contrastkit.cli import build_parser
+from contrastkit.cli import _config_from_args, build_parser
 from contrastkit.config import METHOD_NAMES, TrainConfig
 from contrastkit.errors import ConfigError
-from contrastkit.methods import BYOL, METHODS, FeatureQueue, MoCo, build_method, cosine_momentum, ema_update
+from contrastkit.methods import BYOL, DINO, METHODS, FeatureQueue, MoCo, build_method, cosine_momentum, ema_update
+from contrastkit.models.heads import DINOHead
 from contrastkit.optim import build_optimizer
-from contrastkit.train import fit
+from contrastkit.train import LOCAL_SIZE_RATIO, fit
 
-NEW_METHODS = ("barlowtwins", "vicreg", "simsiam", "byol", "moco", "nnclr")
-TARGETS = {"byol": ("target_backbone", "target_head"), "moco": ("key_backbone", "key_head")}
-SMALL = dict(proj_hidden_dim=32, proj_dim=16, pred_hidden_dim=8, queue_size=24)
+NEW_METHODS = ("barlowtwins", "vicreg", "simsiam", "byol", "moco", "nnclr", "dino")
+TARGETS = {
+    "byol": ("target_backbone", "target_head"),
+    "moco": ("key_backbone", "key_head"),
+    "dino": ("teacher_backbone", "teacher_head"),
+}
+SMALL = dict(proj_hidden_dim=32, proj_dim=16, pred_hidden_dim=8, queue_size=24, dino_out_dim=64)
 
 
 def _views(b: int = 6, seed: int = 0) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(b, 1, 16, 16, generator=g) for _ in range(2)]
+
+
+def _views_for(method: nn.Module, b: int = 6, seed: int = 0, size: int = 16) -> list[torch.Tensor]:
+    """The views the training loop would feed ``method``: its global views, then its local ones (multi-crop)."""
+    g = torch.Generator().manual_seed(seed)
+    local = max(8, round(size * LOCAL_SIZE_RATIO))  # as train.local_recipe
+    return [torch.randn(b, 1, size, size, generator=g) for _ in range(method.num_views)] + [
+        torch.randn(b, 1, local, local, generator=g) for _ in range(method.num_local_views)
+    ]
 
 
 def _build(name: str, **overrides: object) -> nn.Module:
@@ -42,7 +56,7 @@ def test_registry_names_the_new_methods() -> None:
 def test_forward_backward_and_embed(name: str) -> None:
     method = _build(name)
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
-    loss, logs = method(_views(), labels)
+    loss, logs = method(_views_for(method), labels)
     assert loss.ndim == 0 and loss.dtype == torch.float32 and torch.isfinite(loss)
     assert isinstance(logs["loss"], float) and logs["loss"] == pytest.approx(loss.item())
     loss.backward()
@@ -60,7 +74,7 @@ def test_forward_backward_and_embed(name: str) -> None:
 def test_forward_under_bf16_autocast_gives_float32_loss(name: str) -> None:
     method = _build(name)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, _ = method(_views())
+        loss, _ = method(_views_for(method))
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()
     assert _first_conv(method.backbone).weight.grad is not None
@@ -72,10 +86,10 @@ def test_vicreg_logs_its_three_terms() -> None:
     assert logs["loss"] == pytest.approx(25 * logs["invariance"] + 25 * logs["variance"] + logs["covariance"], rel=1e-5)
 
 
-@pytest.mark.parametrize("name", ("byol", "moco"))
+@pytest.mark.parametrize("name", ("byol", "moco", "dino"))
 def test_target_network_gets_no_gradient_and_no_optimiser(name: str) -> None:
     method = _build(name)
-    loss, _ = method(_views())
+    loss, _ = method(_views_for(method))
     loss.backward()
     target_params = [p for part in TARGETS[name] for p in getattr(method, part).parameters()]
     assert target_params and all(not p.requires_grad and p.grad is None for p in target_params)
@@ -110,7 +124,7 @@ def _perturb_online(method: nn.Module) -> None:
             p.add_(torch.randn_like(p))
 
 
-@pytest.mark.parametrize("name", ("byol", "moco"))
+@pytest.mark.parametrize("name", ("byol", "moco", "dino"))
 def test_ema_update_matches_the_formula(name: str) -> None:
     base = 0.9
     method = _build(name, momentum=base)
@@ -120,8 +134,8 @@ def test_ema_update_matches_the_formula(name: str) -> None:
         zip(getattr(method, head).parameters(), method.head.parameters())
     )
     before = [(t.clone(), o.clone()) for t, o in pairs]
-    method.after_step(2, 4)  # BYOL: tau = 1 - 0.1 (cos(pi/2) + 1)/2 = 0.95; MoCo: constant 0.9
-    tau = 0.95 if name == "byol" else 0.9
+    method.after_step(2, 4)  # BYOL, DINO: tau = 1 - 0.1 (cos(pi/2) + 1)/2 = 0.95; MoCo: constant 0.9
+    tau = 0.9 if name == "moco" else 0.95
     for (t, o), (t0, o0) in zip(pairs, before):
         assert torch.equal(o, o0)  # the online network is untouched
         torch.testing.assert_close(t, tau * t0 + (1 - tau) * o0, rtol=0, atol=1e-6)
@@ -191,10 +205,10 @@ def test_nnclr_support_set_holds_first_view_projections() -> None:
     assert int(method.support.ptr) == 4
 
 
-@pytest.mark.parametrize("name", ("byol", "moco", "nnclr"))
+@pytest.mark.parametrize("name", ("byol", "moco", "nnclr", "dino"))
 def test_state_dict_covers_target_and_queue(name: str) -> None:
     method = _build(name)
-    method(_views())
+    method(_views_for(method))
     method.after_step(1, 10)
     state = method.state_dict()
     keys = set(state)
@@ -205,6 +219,8 @@ def test_state_dict_covers_target_and_queue(name: str) -> None:
         assert {"queue.vectors", "queue.ptr"} <= keys
     if name == "nnclr":
         assert {"support.vectors", "support.ptr"} <= keys
+    if name == "dino":
+        assert "loss.center" in keys and state["loss.center"].abs().sum() > 0  # moved by the training forward
     buffer = io.BytesIO()
     torch.save(state, buffer)
     buffer.seek(0)
@@ -261,5 +277,111 @@ def test_fit_one_epoch_on_real_images(name: str, fmnist_small, tmp_path) -> None
     if name == "moco":
         steps = len(data.train) // 64
         assert int(state["queue.ptr"]) == (steps * 2 * 64) % 256
+    if name == "dino":
+        assert method.num_local_views == 4 and state["loss.center"].shape == (config.dino_out_dim,)
+        assert state["loss.center"].abs().sum() > 0
+        assert not torch.equal(state["teacher_head.prototypes"], state["head.prototypes"])  # EMA lags the student
     reloaded, _, _ = load_method(tmp_path / "run", which="last")
     assert type(reloaded) is type(method)
+
+
+# --------------------------------------------------------------------- DINO
+
+
+def test_dino_head_is_an_l2_bottleneck_then_weight_normalised_prototypes() -> None:
+    torch.manual_seed(0)
+    head = DINOHead(12, 32, 8, 50)
+    x = torch.randn(5, 12)
+    out = head(x)
+    assert out.shape == (5, 50) and out.abs().max() <= 1 + 1e-6  # cosines
+    code = torch.nn.functional.normalize(head.mlp(x), dim=1)
+    protos = torch.nn.functional.normalize(head.prototypes, dim=1)
+    torch.testing.assert_close(out, code @ protos.T)
+    with torch.no_grad():
+        head.prototypes.mul_(torch.rand(50, 1) * 10 + 0.1)  # weight norm with g = 1: row scales do not matter
+    torch.testing.assert_close(head(x), out)
+    assert sum(isinstance(m, nn.Linear) for m in head.mlp) == 3 and not any(isinstance(m, nn.BatchNorm1d) for m in head.mlp)
+    with pytest.raises(ConfigError, match="DINOHead: out_dim must be a positive integer"):
+        DINOHead(12, 32, 8, 0)
+
+
+def test_dino_views_and_one_backbone_pass_per_size() -> None:
+    method = _build("dino", local_views=3)
+    assert isinstance(method, DINO) and (method.num_views, method.num_local_views) == (2, 3)
+    assert _build("dino", local_views=0).num_local_views == 0
+    assert BYOL.num_local_views == 0  # only DINO asks for local views
+    shapes: list[tuple[int, ...]] = []
+    method.backbone.register_forward_hook(lambda m, i, o: shapes.append(tuple(i[0].shape)))
+    teacher_shapes: list[tuple[int, ...]] = []
+    method.teacher_backbone.register_forward_hook(lambda m, i, o: teacher_shapes.append(tuple(i[0].shape)))
+    method(_views_for(method, b=4))
+    assert shapes == [(8, 1, 16, 16), (12, 1, 8, 8)]  # globals together, locals together
+    assert teacher_shapes == [(8, 1, 16, 16)]  # the teacher sees the global views only
+
+
+def test_dino_without_local_views_is_algorithm_1() -> None:
+    from contrastkit.losses import dino_loss
+
+    method = _build("dino", local_views=0)
+    views = _views_for(method, b=4)
+    assert len(views) == 2
+    center = method.loss.center.clone()
+    loss, _ = method(views)
+    with torch.no_grad():
+        s = torch.stack([method.head(method.backbone(torch.cat(views)))[i * 4 : (i + 1) * 4] for i in range(2)])
+        t = torch.stack([method.teacher_head(method.teacher_backbone(torch.cat(views)))[i * 4 : (i + 1) * 4] for i in range(2)])
+    # H(t1, s2)/2 + H(t2, s1)/2 with the centre before the update (BN in training mode: same batch statistics)
+    torch.testing.assert_close(loss.detach(), dino_loss(s, t, center, 0.1, 0.04), rtol=1e-5, atol=1e-6)
+
+
+def test_dino_centre_moves_after_a_training_forward_only() -> None:
+    method = _build("dino", dino_center_momentum=0.5)
+    views = _views_for(method, b=4)
+    assert torch.equal(method.loss.center, torch.zeros(64))
+    method(views)
+    after_one = method.loss.center.clone()
+    assert after_one.abs().sum() > 0
+    with torch.no_grad():
+        t = method.teacher_head(method.teacher_backbone(torch.cat(views[:2])))  # (2B, K)
+    torch.testing.assert_close(after_one, 0.5 * torch.zeros(64) + 0.5 * t.mean(0), rtol=1e-5, atol=1e-6)
+    method.eval()
+    method(views)
+    assert torch.equal(method.loss.center, after_one)
+
+
+def test_dino_teacher_is_frozen_while_the_student_learns() -> None:
+    method = _build("dino")
+    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.1)
+    teacher_before = [p.clone() for p in method.teacher_head.parameters()]
+    student_before = [p.clone() for p in method.head.parameters()]
+    loss, _ = method(_views_for(method))
+    loss.backward()
+    optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(method.teacher_head.parameters(), teacher_before, strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(method.head.parameters(), student_before, strict=True))
+
+
+def test_dino_options_are_validated() -> None:
+    with pytest.raises(ConfigError, match="--local-views must be >= 0"):
+        TrainConfig(method="dino", local_views=-1)
+    with pytest.raises(ConfigError, match="--dino-out-dim must be > 0"):
+        TrainConfig(method="dino", dino_out_dim=0)
+    with pytest.raises(ConfigError, match="--dino-teacher-temp must be > 0"):
+        TrainConfig(method="dino", dino_teacher_temp=0.0)
+    with pytest.raises(ConfigError, match="--dino-student-temp must be > 0"):
+        TrainConfig(method="dino", dino_student_temp=-0.1)
+    with pytest.raises(ConfigError, match=r"--dino-center-momentum must be in \[0, 1\)"):
+        TrainConfig(method="dino", dino_center_momentum=1.0)
+
+
+def test_cli_accepts_dino_and_its_options() -> None:
+    args = build_parser().parse_args(
+        ["train", "--method", "dino", "--local-views", "2", "--dino-out-dim", "256", "--dino-teacher-temp", "0.07",
+         "--dino-student-temp", "0.2", "--dino-center-momentum", "0.8", "--momentum", "0.996"]
+    )
+    config, _ = _config_from_args(args)
+    assert (config.method, config.local_views, config.dino_out_dim) == ("dino", 2, 256)
+    assert (config.dino_teacher_temp, config.dino_student_temp, config.dino_center_momentum, config.momentum) == (0.07, 0.2, 0.8, 0.996)
+    method = build_method(config, in_channels=1)
+    assert method.num_local_views == 2 and method.loss.center.shape == (256,)
+    assert method.loss.teacher_temp == 0.07 and method.loss.student_temp == 0.2 and method.loss.center_momentum == 0.8

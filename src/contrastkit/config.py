@@ -18,7 +18,7 @@ from typing import Any
 from contrastkit.errors import ConfigError
 from contrastkit.losses import DISTANCES as DISTANCE_NAMES
 
-METHOD_NAMES = ("simclr", "pairwise", "supcon", "supervised", "barlowtwins", "vicreg", "simsiam", "byol", "moco", "nnclr")
+METHOD_NAMES = ("simclr", "pairwise", "supcon", "supervised", "barlowtwins", "vicreg", "simsiam", "byol", "moco", "nnclr", "dino")
 OPTIMIZER_NAMES = ("adamw", "lars")
 DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
 PRECISION_NAMES = ("auto", "bf16", "fp16", "fp32")
@@ -43,10 +43,10 @@ class TrainConfig:
     crop_min_scale: float | None = _field(None, "smallest area fraction of the random resized crop, in (0, 1]; omitted = the recipe's default for the image size (0.5 for small grayscale, 0.08 for RGB)")
 
     # --- model ---
-    method: str = _field("simclr", "training method: simclr (NT-Xent), pairwise (margin contrastive loss), supcon (needs labels), supervised (baseline, needs labels), barlowtwins (cross-correlation to identity), vicreg (variance-invariance-covariance), simsiam (predictor + stop-gradient), byol (predictor + EMA target), moco (MoCo v2: momentum key encoder + queue of negatives), nnclr (nearest neighbour from a support queue as positive)")
+    method: str = _field("simclr", "training method: simclr (NT-Xent), pairwise (margin contrastive loss), supcon (needs labels), supervised (baseline, needs labels), barlowtwins (cross-correlation to identity), vicreg (variance-invariance-covariance), simsiam (predictor + stop-gradient), byol (predictor + EMA target), moco (MoCo v2: momentum key encoder + queue of negatives), nnclr (nearest neighbour from a support queue as positive), dino (self-distillation to an EMA teacher with centring, sharpening and multi-crop)")
     backbone: str = _field("small_cnn", "encoder network: small_cnn (fast, for 28-32 px), seed_cnn, resnet18, resnet34, resnet50")
-    proj_hidden_dim: int = _field(512, "hidden width of the projection MLP")
-    proj_dim: int = _field(128, "output dimension of the projection MLP (SimCLR: 128); barlowtwins and vicreg gain from wider projections (papers: 8192), try 1024-2048")
+    proj_hidden_dim: int = _field(512, "hidden width of the projection MLP (dino: of its head's 3-layer MLP; paper 2048)")
+    proj_dim: int = _field(128, "output dimension of the projection MLP (SimCLR: 128); barlowtwins and vicreg gain from wider projections (papers: 8192), try 1024-2048; dino: the L2-normalised bottleneck before the prototypes (paper 256)")
     pred_hidden_dim: int = _field(512, "hidden width of the predictor MLP of byol, simsiam and nnclr (input and output are --proj-dim); BYOL uses 4096 for 256-d projections, SimSiam a bottleneck of 512 for 2048-d")
 
     # --- loss ---
@@ -57,7 +57,12 @@ class TrainConfig:
     vicreg_sim_weight: float = _field(25.0, "vicreg: weight lambda (>= 0) of the invariance (MSE) term; paper 25")
     vicreg_var_weight: float = _field(25.0, "vicreg: weight mu (>= 0) of the variance (hinge on std, gamma 1) term; paper 25, keep it >= --vicreg-sim-weight against collapse")
     vicreg_cov_weight: float = _field(1.0, "vicreg: weight nu (>= 0) of the covariance (decorrelation) term; paper 1")
-    momentum: float = _field(0.99, "byol and moco: EMA base tau in [0, 1) of the target / key encoder, per optimiser step (target = tau target + (1 - tau) online); byol ramps it to 1 with a cosine, moco keeps it constant. Papers: 0.996 (BYOL) and 0.999 (MoCo) for runs of ~100k steps; 0.99 suits runs of a few thousand steps")
+    momentum: float = _field(0.99, "byol and moco: EMA base tau in [0, 1) of the target / key encoder, per optimiser step (target = tau target + (1 - tau) online); byol ramps it to 1 with a cosine, moco keeps it constant; dino's teacher follows byol's cosine. Papers: 0.996 (BYOL, DINO) and 0.999 (MoCo) for runs of ~100k steps; 0.99 suits runs of a few thousand steps")
+    dino_out_dim: int = _field(1024, "dino: prototypes K, the size of the distributions the student matches to the teacher (> 0). Paper 65536 on ImageNet; 1024 keeps the head's last layer (--proj-dim x K weights) and the loss cheap on CPU and is still 100x the classes of Fashion-MNIST / CIFAR-10; try 4096+ for larger, more varied data")
+    dino_student_temp: float = _field(0.1, "dino: student softmax temperature tau_s (> 0); paper 0.1")
+    dino_teacher_temp: float = _field(0.04, "dino: teacher softmax temperature tau_t (> 0), below --dino-student-temp so the teacher's targets are sharper; paper 0.04 (its default), up to 0.07 for long runs. Too high and the outputs collapse to uniform, too low and to one prototype")
+    dino_center_momentum: float = _field(0.9, "dino: EMA rate m in [0, 1) of the centre subtracted from the teacher's logits, per step (c = m c + (1 - m) batch mean); paper 0.9")
+    local_views: int = _field(4, "dino: small local crops per image (multi-crop) besides the 2 global views, seen by the student only: side round(size x 96/224) px (12 px for 28 px images), area fraction 0.05-0.4; 0 = no multi-crop. Each costs about (96/224)^2 = 0.18 of a global view, so 4 make a step about 1.4x as long as with 2 views; the paper uses 6-10")
     queue_size: int = _field(4096, "moco: negative keys in the queue; nnclr: projections in the support set (> 0). Papers use 65536 (MoCo) and 98304 (NNCLR) on ImageNet; keep it well below the number of training images, 4096 suits Fashion-MNIST / CIFAR")
 
     # --- optimisation ---
@@ -91,6 +96,13 @@ class TrainConfig:
         _check_positive("proj_dim", self.proj_dim)
         _check_positive("pred_hidden_dim", self.pred_hidden_dim)
         _check_positive("queue_size", self.queue_size)
+        _check_positive("dino_out_dim", self.dino_out_dim)
+        _check_positive("dino_student_temp", self.dino_student_temp)
+        _check_positive("dino_teacher_temp", self.dino_teacher_temp)
+        if not 0 <= self.dino_center_momentum < 1:
+            raise ConfigError(f"--dino-center-momentum must be in [0, 1) (EMA rate of the centre), got {self.dino_center_momentum}")
+        if self.local_views < 0:
+            raise ConfigError(f"--local-views must be >= 0 (0 = no multi-crop), got {self.local_views}")
         if self.barlow_lambda is not None and not 0 <= self.barlow_lambda < float("inf"):
             raise ConfigError(f"--barlow-lambda must be a finite number >= 0, got {self.barlow_lambda}")
         for name in ("vicreg_sim_weight", "vicreg_var_weight", "vicreg_cov_weight"):

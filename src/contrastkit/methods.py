@@ -29,6 +29,7 @@ from contrastkit.errors import ConfigError
 from contrastkit.losses import (
     BarlowTwinsLoss,
     BYOLLoss,
+    DINOLoss,
     MoCoLoss,
     NNCLRLoss,
     NTXentLoss,
@@ -38,7 +39,7 @@ from contrastkit.losses import (
     VICRegLoss,
 )
 from contrastkit.models.backbones import build_backbone
-from contrastkit.models.heads import PredictionHead, ProjectionHead
+from contrastkit.models.heads import DINOHead, PredictionHead, ProjectionHead
 
 
 class Method(nn.Module):
@@ -363,6 +364,70 @@ class NNCLR(Method):
         return loss, {"loss": float(loss.detach())}
 
 
+def _forward_by_size(backbone: nn.Module, head: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
+    """Head outputs (V, B, D) of all views, with one backbone pass per run of same-sized consecutive views.
+
+    Multi-crop (DINO's ``MultiCropWrapper``): the global views go through the
+    backbone together, then the local ones; the head sees all features at once.
+    """
+    b = views[0].shape[0]
+    feats, start = [], 0
+    while start < len(views):
+        end = start
+        while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
+            end += 1
+        feats.append(backbone(torch.cat(views[start:end])))  # ((end - start) B, embed_dim)
+        start = end
+    out = head(torch.cat(feats))  # (V B, D)
+    return out.reshape(len(views), b, -1)  # (V, B, D)
+
+
+class DINO(Method):
+    """DINO (Caron et al. 2021, arXiv 2104.14294): self-distillation with no labels.
+
+    Student = backbone + :class:`DINOHead`; teacher (``teacher_backbone``,
+    ``teacher_head``) = a copy that never receives gradients, lives in the
+    state dict and follows the student by EMA in :meth:`after_step`, with
+    tau following :func:`cosine_momentum` from ``--momentum`` to 1 (the
+    paper's schedule, as BYOL's). The teacher sees the 2 global views, the
+    student those and ``--local-views`` small local crops (multi-crop); the
+    loss (:class:`DINOLoss`, Eq. 1 and 3) is the cross-entropy from the
+    centred, sharpened teacher to the student over every pair of different
+    views, and the centre (``loss.center``) moves after each training forward.
+
+    Not taken from the paper: the teacher-temperature warm-up (0.04 to 0.07
+    over 30 epochs; the paper's code defaults to a constant 0.04, which is
+    ours) and freezing the prototypes during the first epoch.
+    """
+
+    num_views = 2
+
+    def __init__(self, backbone: nn.Module, config: TrainConfig) -> None:
+        super().__init__(backbone)
+        self.num_local_views = config.local_views
+        self.head = DINOHead(backbone.embed_dim, config.proj_hidden_dim, config.proj_dim, config.dino_out_dim)
+        self.teacher_backbone = _frozen_copy(backbone)
+        self.teacher_head = _frozen_copy(self.head)
+        self.base_momentum = config.momentum
+        self.loss = DINOLoss(config.dino_out_dim, config.dino_student_temp, config.dino_teacher_temp, config.dino_center_momentum)
+
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        if len(views) < self.num_views:
+            raise ConfigError(f"method 'dino' needs at least {self.num_views} global views, got {len(views)}")
+        student = _forward_by_size(self.backbone, self.head, views)  # (V, B, K)
+        with torch.no_grad():
+            teacher = _forward_by_size(self.teacher_backbone, self.teacher_head, views[: self.num_views])  # (2, B, K)
+        loss = self.loss(student, teacher)
+        return loss, {"loss": float(loss.detach())}
+
+    @torch.no_grad()
+    def after_step(self, step: int, total_steps: int) -> None:
+        """EMA of the student backbone and head into the teacher, tau = :func:`cosine_momentum`."""
+        tau = cosine_momentum(step, total_steps, self.base_momentum)
+        ema_update(self.teacher_backbone, self.backbone, tau)
+        ema_update(self.teacher_head, self.head, tau)
+
+
 METHODS: dict[str, Callable[..., Method]] = {
     "simclr": SimCLR,
     "pairwise": PairwiseMargin,
@@ -374,6 +439,7 @@ METHODS: dict[str, Callable[..., Method]] = {
     "byol": BYOL,
     "moco": MoCo,
     "nnclr": NNCLR,
+    "dino": DINO,
 }
 
 

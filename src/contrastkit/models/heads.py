@@ -113,3 +113,74 @@ class PredictionHead(ProjectionHead):
 
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__(dim, hidden_dim, dim, num_layers=2, batch_norm=True)
+
+
+class DINOHead(nn.Module):
+    """The DINO head (Caron et al. 2021, arXiv:2104.14294, Sec. 3.1 and App. C).
+
+    A ``num_layers``-layer MLP (Linear - GELU between layers, no batch norm,
+    as the paper's default) down to a ``bottleneck_dim`` code, L2-normalised,
+    then a weight-normalised Linear without bias to ``out_dim`` prototypes
+    (K). As in the paper's code with ``norm_last_layer=True``, the weight
+    norm's gain is fixed to 1, so each logit is the cosine between the code
+    and one prototype: the layer stores the unnormalised directions
+    ``prototypes`` (K, bottleneck_dim) and normalises their rows in
+    ``forward`` (the same function as ``weight_norm`` with ``g = 1`` frozen).
+    Linear weights start as in the paper's code: truncated normal, std 0.02,
+    zero biases.
+
+    Args:
+        in_dim: feature size of the backbone (its ``embed_dim``).
+        hidden_dim: width of the hidden layers (paper: 2048).
+        bottleneck_dim: size of the L2-normalised code (paper: 256).
+        out_dim: number of prototypes K (paper: 65536).
+        num_layers: Linear layers of the MLP, >= 1 (paper: 3).
+
+    Raises:
+        ConfigError: a size or ``num_layers`` is not a positive integer.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, bottleneck_dim: int, out_dim: int, num_layers: int = 3) -> None:
+        super().__init__()
+        for what, value in (
+            ("in_dim", in_dim),
+            ("hidden_dim", hidden_dim),
+            ("bottleneck_dim", bottleneck_dim),
+            ("out_dim", out_dim),
+            ("num_layers", num_layers),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"DINOHead: {what} must be a positive integer, got {value!r}")
+        self.in_dim = in_dim
+        self.out_dim = out_dim
+        layers: list[nn.Module] = []
+        dim = in_dim
+        for _ in range(num_layers - 1):
+            layers += [nn.Linear(dim, hidden_dim), nn.GELU()]
+            dim = hidden_dim
+        layers.append(nn.Linear(dim, bottleneck_dim))
+        self.mlp = nn.Sequential(*layers)
+        for m in self.mlp.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        self.prototypes = nn.Parameter(torch.empty(out_dim, bottleneck_dim))  # (K, bottleneck)
+        nn.init.trunc_normal_(self.prototypes, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map features to prototype logits.
+
+        Args:
+            x: backbone features (B, in_dim).
+
+        Returns:
+            Logits (B, out_dim), cosines in [-1, 1] (the loss divides them by
+            its temperatures).
+
+        Raises:
+            DataError: ``x`` is not (B, in_dim).
+        """
+        if x.ndim != 2 or x.shape[1] != self.in_dim:
+            raise DataError(f"DINOHead: expected features of shape (B, {self.in_dim}), got {tuple(x.shape)}")
+        code = nn.functional.normalize(self.mlp(x), dim=1)  # (B, bottleneck)
+        return nn.functional.linear(code, nn.functional.normalize(self.prototypes, dim=1))  # (B, K)
