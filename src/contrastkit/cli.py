@@ -1,4 +1,4 @@
-"""The ``contrastkit`` command line: train, embed, evaluate, label.
+"""The ``contrastkit`` command line: train, embed, evaluate, label, index, search.
 
 Training options are generated from :class:`~contrastkit.config.TrainConfig`,
 so their defaults and help live in one place. Errors a user can cause are
@@ -145,6 +145,48 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--out", type=Path, default=None, help="output folder (default: the run folder)")
     label.add_argument("--no-montage", action="store_true", help="do not draw the montage PNGs")
     label.add_argument("--seed", type=int, default=0, help="random seed of k-means and the folds (default: 0)")
+
+    from contrastkit import index as ix  # the index defaults live there
+
+    index = sub.add_parser(
+        "index", help="build the similar-image search index (FAISS) of a run's embeddings",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Build a FAISS index of the L2-normalised embeddings (inner product = cosine similarity;\n"
+        f"embeds first when embeddings.npy is missing). Exact (IndexFlatIP) up to {ix.EXACT_MAX_ITEMS} items, IVF above;\n"
+        "an approximate index is tuned until its recall@10 against exact search, measured on a sample of\n"
+        "items as queries, reaches --target-recall.\n\n"
+        "Writes into the run folder:\n"
+        "  index.faiss  the serialised index\n"
+        "  index.json   kind, parameters (nlist, nprobe / ef_search), recall@10, build time",
+    )
+    index.add_argument("run", type=Path, help="run folder (or any folder with embeddings.npy and items.csv)")
+    index.add_argument(
+        "--kind", choices=ix.KINDS, default="auto",
+        help="flat (exact), ivf (IndexIVFFlat, nlist ~ 4*sqrt(N)), hnsw (IndexHNSWFlat), or auto: flat up to "
+        f"{ix.EXACT_MAX_ITEMS} items, ivf above (default: auto)",
+    )
+    index.add_argument("--nprobe", type=int, default=None,
+                       help="IVF cells visited per query (default: the smallest power of two reaching --target-recall)")
+    index.add_argument("--target-recall", type=float, default=ix.TARGET_RECALL,
+                       help=f"recall@10 an approximate index is tuned to reach (default: {ix.TARGET_RECALL})")
+    index.add_argument("--recall-queries", type=int, default=ix.RECALL_QUERIES,
+                       help=f"items used as queries to measure recall (default: {ix.RECALL_QUERIES})")
+    index.add_argument("--seed", type=int, default=0, help="seed of the training sample and recall queries (default: 0)")
+    index.add_argument("--json", action="store_true", help="print index.json instead of the summary")
+
+    search = sub.add_parser(
+        "search", help="find the images most similar to a query image or item",
+        description="Print the items nearest each QUERY by cosine similarity of embeddings (rank, index, score, "
+        "split, label, source). A QUERY is an image file (embedded with the run's model after the same channel, "
+        "size and normalisation as the training data) or an integer, the row index of an item in items.csv. "
+        "Builds the index (as `contrastkit index`) when it is missing or out of date.",
+    )
+    search.add_argument("run", type=Path, help="run folder written by `contrastkit train`")
+    search.add_argument("queries", nargs="+", metavar="QUERY", help="an image file or an item index")
+    search.add_argument("--top-k", type=int, default=10, help="results per query (default: 10)")
+    search.add_argument("--json", action="store_true", help="print the results as JSON")
+    search.add_argument("--montage", type=Path, default=None, metavar="PNG",
+                        help="also draw a PNG: one row per query, the query image then its results, from the run's data set")
     return parser
 
 
@@ -248,7 +290,42 @@ def _cmd_label(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "embed": _cmd_embed, "evaluate": _cmd_evaluate, "label": _cmd_label}
+def _cmd_index(args: argparse.Namespace) -> int:
+    from contrastkit.index import INDEX_FILE, INDEX_INFO_FILE, index_run
+
+    info = index_run(args.run, args.kind, nprobe=args.nprobe, target_recall=args.target_recall,
+                     recall_queries=args.recall_queries, seed=args.seed)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    params = {"ivf": f" (nlist {info.get('nlist')}, nprobe {info.get('nprobe')})",
+              "hnsw": f" (M {info.get('hnsw_m')}, ef_search {info.get('ef_search')})"}.get(info["kind"], "")
+    print(f"{info['kind']} index{params} of {info['count']} x {info['dim']} embeddings in {info['build_seconds']:.1f} s")
+    if info["kind"] == "flat":
+        print("recall@10: 1.0 (exact search)")
+    else:
+        print(f"recall@10 against exact search on {info['recall_queries']} item queries: {info['recall_at_10']:.4f}")
+    print(f"wrote {args.run / INDEX_FILE}, {args.run / INDEX_INFO_FILE}")
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from contrastkit.index import format_results, search_run
+
+    result = search_run(args.run, args.queries, args.top_k, montage=args.montage)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    if result["index_note"]:
+        print(f"note: {result['index_note']}")
+    print(format_results(result))
+    if args.montage is not None:
+        print(f"wrote {result['montage']}")
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "embed": _cmd_embed, "evaluate": _cmd_evaluate, "label": _cmd_label,
+            "index": _cmd_index, "search": _cmd_search}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
