@@ -1,4 +1,4 @@
-"""The ``contrastkit`` command line: train, embed, evaluate, label, index, search.
+"""The ``contrastkit`` command line: train, embed, evaluate, label, index, search, visualize, report.
 
 Training options are generated from :class:`~contrastkit.config.TrainConfig`,
 so their defaults and help live in one place. Errors a user can cause are
@@ -187,6 +187,42 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true", help="print the results as JSON")
     search.add_argument("--montage", type=Path, default=None, metavar="PNG",
                         help="also draw a PNG: one row per query, the query image then its results, from the run's data set")
+    visualize = sub.add_parser(
+        "visualize", help="draw figures of a run: 2-D map, neighbours, saliency, training curves",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Draw PNG figures of a run (embeds first when embeddings.npy is missing).\n\n"
+        "Writes into RUN/figures/ (or --out):\n"
+        "  map.png         t-SNE (openTSNE, seeded; PCA to 50 dims first) of at most --max-points items,\n"
+        "                  coloured by class, or by cluster from labels.csv (see --colour)\n"
+        "  neighbours.png  a few sampled test images, each followed by its 8 nearest training images (cosine)\n"
+        "  saliency.png    image / nearest-neighbour pairs with heat maps of |d cosine similarity / d pixel|\n"
+        "                  (needs the run's model and data set)\n"
+        "  curves.png      loss, learning rate, kNN monitor, embedding spread and effective rank per epoch\n"
+        "                  (from log.jsonl)",
+    )
+    visualize.add_argument("run", type=Path, help="run folder written by `contrastkit train`")
+    visualize.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/figures)")
+    visualize.add_argument("--what", default="map,neighbours,saliency,curves",
+                           help="comma-separated figures to draw, of map, neighbours, saliency, curves (default: all)")
+    visualize.add_argument("--colour", choices=("auto", "label", "cluster"), default="auto",
+                           help="map colours: class labels of items.csv, clusters of labels.csv, or auto: labels.csv "
+                           "when present, else class labels (default: auto)")
+    visualize.add_argument("--max-points", type=int, default=5000,
+                           help="items sampled for the t-SNE map (default: 5000, about a minute on 2 CPU cores)")
+    visualize.add_argument("--seed", type=int, default=0, help="seed of the map sample, t-SNE and the sampled queries (default: 0)")
+
+    report = sub.add_parser(
+        "report", help="write one self-contained HTML report of a run",
+        description="Write RUN/report.html (or --out): one file with every figure inlined (PNG data URIs), inline "
+        "CSS, no JavaScript and no external resources. Sections: configuration, training curves, accuracy against "
+        "baselines, per-class accuracy, kNN confusion matrix, 2-D map, nearest neighbours, cluster montages with "
+        "auto-labels (from labels.csv, else k-means in memory) and saliency examples. Embeds and evaluates first "
+        "when embeddings.npy or metrics.json is missing.",
+    )
+    report.add_argument("run", type=Path, help="run folder written by `contrastkit train`")
+    report.add_argument("--out", type=Path, default=None, help="HTML file to write (default: RUN/report.html)")
+    report.add_argument("--max-points", type=int, default=5000, help="items sampled for the t-SNE map (default: 5000)")
+    report.add_argument("--seed", type=int, default=0, help="seed of the map, queries and k-means (default: 0)")
     return parser
 
 
@@ -324,8 +360,32 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_visualize(args: argparse.Namespace) -> int:
+    from contrastkit.visualize import visualize_run
+
+    if args.max_points < 5:
+        raise ConfigError(f"--max-points must be >= 5, got {args.max_points}")
+    written, skipped = visualize_run(args.run, args.what, args.out, colour=args.colour, seed=args.seed,
+                                     max_points=args.max_points)
+    for name, path in written.items():
+        print(f"wrote {path}")
+    for name, why in skipped.items():
+        print(f"note: no {name} figure: {why}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from contrastkit.report import report_run
+
+    if args.max_points < 5:
+        raise ConfigError(f"--max-points must be >= 5, got {args.max_points}")
+    path = report_run(args.run, args.out, seed=args.seed, max_points=args.max_points)
+    print(f"wrote {path}")
+    return 0
+
+
 COMMANDS = {"train": _cmd_train, "embed": _cmd_embed, "evaluate": _cmd_evaluate, "label": _cmd_label,
-            "index": _cmd_index, "search": _cmd_search}
+            "index": _cmd_index, "search": _cmd_search, "visualize": _cmd_visualize, "report": _cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,93 @@
+"""The HTML report of a real tiny run: self-contained, escaped, complete, and rendered by headless chromium."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from contrastkit.cli import main
+
+TRAIN_ARGS = ["--epochs", "2", "--batch-size", "64", "--monitor-bank", "300", "--monitor-queries", "100", "--quiet"]
+HOSTILE = "<script>alert('x')</script> & \"co\""
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def report(fmnist_small, tmp_path_factory):
+    """A trained run whose first class has a hostile name, and its report (evaluated on the way)."""
+    path, _ = fmnist_small
+    run = tmp_path_factory.mktemp("runs") / "report"
+    assert main(["train", "--data", str(path), "--out", str(run), *TRAIN_ARGS]) == 0
+    assert main(["embed", str(run)]) == 0
+    meta = json.loads((run / "meta.json").read_text())
+    meta["class_names"][0] = HOSTILE
+    (run / "meta.json").write_text(json.dumps(meta))
+    assert not (run / "metrics.json").exists()
+    assert main(["report", str(run), "--max-points", "400"]) == 0
+    return run, (run / "report.html").read_text()
+
+
+def test_report_is_self_contained(report):
+    _, text = report
+    assert text.startswith("<!DOCTYPE html>")
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text, re.I)
+    assert "<link" not in text and "<script" not in text.lower()
+    imgs = re.findall(r'<img [^>]*src="([^"]*)"', text)
+    assert len(imgs) >= 6 and all(s.startswith("data:image/png;base64,") for s in imgs)
+
+
+def test_report_has_metrics_class_names_and_sections(report):
+    run, text = report
+    metrics = json.loads((run / "metrics.json").read_text())  # evaluated first
+    ssl = metrics["ssl"]
+    for key in ("knn_top1_k20", "knn_top1_k200_weighted", "linear_probe_top1"):
+        assert f"{ssl[key]:.2%}" in text
+    assert f"{metrics['baselines']['raw_pixel_knn_top1_k20']:.2%}" in text
+    for name in metrics["class_names"][1:]:
+        assert html.escape(name) in text
+    for section in ("Configuration", "Training curves", "Accuracy against baselines", "Per-class accuracy",
+                    "Confusion matrix", "2-D map", "Nearest neighbours", "Clusters", "Saliency"):
+        assert f"<h2>{section}" in text, section
+    assert "k-means with 10 clusters" in text  # no labels.csv: clustered in memory
+    assert f"<td>batch_size</td><td class=\"num\">64</td>" in text
+
+
+def test_report_escapes_hostile_class_name(report):
+    _, text = report
+    assert HOSTILE not in text
+    assert html.escape(HOSTILE) in text
+
+
+def test_report_uses_labels_csv_when_present(report, tmp_path, capsys):
+    run, _ = report
+    assert main(["label", str(run), "--clusters", "3", "--no-montage"]) == 0
+    out = tmp_path / "r.html"
+    assert main(["report", str(run), "--out", str(out), "--max-points", "200"]) == 0
+    text = out.read_text()
+    assert "from labels.csv" in text and text.count("<figcaption>cluster ") == 3
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    run, _ = report
+    shot = tmp_path / "shot.png"
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+           "--enable-logging=stderr", "--v=0", f"--screenshot={shot}", "--window-size=1200,3000",
+           (run / "report.html").resolve().as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert shot.is_file(), proc.stderr[-2000:]
+    px = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
+    assert px.shape == (3000, 1200)
+    assert px.var() > 100  # text, tables and figures, not a blank page
+    errors = [line for line in proc.stderr.splitlines()
+              if ("Uncaught" in line or "ERROR:CONSOLE" in line) and "report.html" in line]
+    assert not errors, errors
