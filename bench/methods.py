@@ -27,13 +27,12 @@ from pathlib import Path
 
 import torch
 
-from contrastkit.augment import ViewAugment
 from contrastkit.config import METHOD_NAMES, TrainConfig
 from contrastkit.data import load_dataset
 from contrastkit.methods import build_method
 from contrastkit.optim import build_optimizer
 from contrastkit.runtime import Runtime
-from contrastkit.train import augment_recipe, data_info, local_recipe
+from contrastkit.train import ViewMaker, augment_recipe, data_info
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from environment import describe  # noqa: E402
@@ -49,9 +48,7 @@ def images_per_second(config: TrainConfig, data) -> float:
     method = build_method(config, info["channels"], info["num_classes"]).to(runtime.device)
     if runtime.channels_last:
         method.to(memory_format=torch.channels_last)
-    recipe = augment_recipe(info, config)
-    augment = ViewAugment(recipe, info["mean"], info["std"])
-    local = ViewAugment(local_recipe(recipe), info["mean"], info["std"]) if method.num_local_views else None
+    make_views = ViewMaker(method, augment_recipe(info, config), info, runtime)
     optimizer = build_optimizer(method, config)
     gen = torch.Generator().manual_seed(0)
     idx = torch.arange(config.batch_size)
@@ -59,9 +56,7 @@ def images_per_second(config: TrainConfig, data) -> float:
     for step in range(CALIBRATION_STEPS + 2):
         t0 = time.perf_counter()
         x = data.train.get_batch(idx)
-        views = [runtime.prepare(augment(x, gen)) for _ in range(method.num_views)]
-        if local is not None:
-            views += [runtime.prepare(local(x, gen)) for _ in range(method.num_local_views)]
+        views = make_views(x, gen)
         with runtime.autocast():
             loss, _ = method(views, data.train.labels[idx] if method.needs_labels else None)
         optimizer.zero_grad(set_to_none=True)

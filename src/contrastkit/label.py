@@ -34,10 +34,9 @@ import io
 import json
 import math
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,6 +45,7 @@ from contrastkit.atomic import atomic_open, atomic_write_text
 from contrastkit.errors import ConfigError, ContrastkitError, DataError
 from contrastkit.knn import knn_votes
 from contrastkit.linear_probe import fit_linear_probe
+from contrastkit.runtime import torch_threads
 
 ALGORITHMS = ("kmeans", "spectral")
 KMEANS_RESTARTS = 10  # k-means runs from different seeded starts; the lowest inertia is kept
@@ -259,21 +259,9 @@ def _predict_linear(xn: np.ndarray, idx: np.ndarray, y: np.ndarray, c: int, k: i
     return probe.predict_proba(torch.from_numpy(xn).float()).double().numpy()
 
 
-@contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    """Run torch on one thread: the seed models are tiny, and several threads on a busy CPU
-    made one linear-probe fit on 20 seeds take 9 s instead of 0.06 s (measured on 2 shared cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _predict(model: str, xn: np.ndarray, idx: np.ndarray, y: np.ndarray, c: int, k: int, seed: int) -> np.ndarray:
     """(N, C) class probabilities of every item from one model fitted on the seeds ``idx`` with labels ``y``."""
-    with _one_torch_thread():
+    with torch_threads(1):
         if model == "knn":
             return _predict_knn(xn, idx, y, c, k)
         if model == "propagation":

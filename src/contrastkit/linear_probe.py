@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from contrastkit.errors import ConfigError
+from contrastkit.runtime import torch_threads
 
+SMALL_PROBLEM = 1 << 20  # feature values below which the probe runs on one thread (faster, and robust to a busy CPU)
 L2_GRID = (1e-2, 1e-3, 1e-4, 1e-6)  # penalty on the summed squared weights; tried in this order
 
 
@@ -87,16 +89,18 @@ def fit_linear_probe(
     mean = x.mean(0)
     std = x.std(0).clamp_min(1e-6)
     x = (x - mean) / std
-    best_l2, best_fit = l2_grid[0], None
-    if len(l2_grid) > 1 and len(x) >= 20:
-        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-        n_val = max(1, len(x) // 10)
-        val, tr = perm[:n_val], perm[n_val:]
-        best_acc, fit = -1.0, None
-        for l2 in l2_grid:
-            fit = _fit(x[tr], y[tr], c, l2, max_iter, init=fit)
-            acc = float(((x[val] @ fit[0].T + fit[1]).argmax(1) == y[val]).float().mean())
-            if acc > best_acc:
-                best_acc, best_l2, best_fit = acc, l2, fit
-    w, b = _fit(x, y, c, best_l2, max_iter, init=best_fit)
+    # small problems run faster on one thread, and stay fast on a busy CPU
+    with torch_threads(1 if x.numel() < SMALL_PROBLEM else torch.get_num_threads()):
+        best_l2, best_fit = l2_grid[0], None
+        if len(l2_grid) > 1 and len(x) >= 20:
+            perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+            n_val = max(1, len(x) // 10)
+            val, tr = perm[:n_val], perm[n_val:]
+            best_acc, fit = -1.0, None
+            for l2 in l2_grid:
+                fit = _fit(x[tr], y[tr], c, l2, max_iter, init=fit)
+                acc = float(((x[val] @ fit[0].T + fit[1]).argmax(1) == y[val]).float().mean())
+                if acc > best_acc:
+                    best_acc, best_l2, best_fit = acc, l2, fit
+        w, b = _fit(x, y, c, best_l2, max_iter, init=best_fit)
     return LinearProbe(mean=mean, std=std, weight=w, bias=b, l2=best_l2)

@@ -104,6 +104,23 @@ def local_recipe(recipe: AugmentConfig) -> AugmentConfig:
     return dataclasses.replace(recipe, size=size, crop_scale=LOCAL_CROP_SCALE)
 
 
+class ViewMaker:
+    """The views a method trains on: ``num_views`` global views, then ``num_local_views`` local ones (multi-crop)."""
+
+    def __init__(self, method: Method, recipe: AugmentConfig, info: dict[str, Any], runtime: Runtime) -> None:
+        self.num_views, self.num_local_views = method.num_views, method.num_local_views
+        self.runtime = runtime
+        self.augment = ViewAugment(recipe, info["mean"], info["std"])
+        self.local = ViewAugment(local_recipe(recipe), info["mean"], info["std"]) if self.num_local_views else None
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
+        """uint8 (B, C, H, W) -> list of float views, each in the model's memory format."""
+        views = [self.runtime.prepare(self.augment(images, generator)) for _ in range(self.num_views)]
+        if self.local is not None:
+            views += [self.runtime.prepare(self.local(images, generator)) for _ in range(self.num_local_views)]
+        return views
+
+
 def _check_data(data: DataSplits, method: Method, config: TrainConfig) -> None:
     n = len(data.train)
     if n == 0:
@@ -209,10 +226,7 @@ def fit(
     runtime = Runtime.create(config.device, config.precision, config.channels_last)
     info = data_info(data.train, config)
     aug_cfg = augment_recipe(info, config)
-    augment = ViewAugment(aug_cfg, info["mean"], info["std"])
-    local_augment = (
-        ViewAugment(local_recipe(aug_cfg), info["mean"], info["std"]) if method.num_local_views else None
-    )
+    make_views = ViewMaker(method, aug_cfg, info, runtime)
     method.to(runtime.device)
     if runtime.channels_last:
         method.to(memory_format=torch.channels_last)
@@ -286,9 +300,7 @@ def fit(
             idx = order[step * batch : (step + 1) * batch]
             x = data.train.get_batch(idx).to(runtime.device, non_blocking=True)
             labels = data.train.labels[idx].to(runtime.device) if data.train.labels is not None else None
-            views = [runtime.prepare(augment(x, gen)) for _ in range(method.num_views)]
-            if local_augment is not None:  # multi-crop (DINO): small local views after the global ones
-                views += [runtime.prepare(local_augment(x, gen)) for _ in range(method.num_local_views)]
+            views = make_views(x, gen)
             with runtime.autocast():
                 loss, logs = method(views, labels)
             if not torch.isfinite(loss):
