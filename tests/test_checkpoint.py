@@ -46,6 +46,7 @@ def test_code_in_a_checkpoint_is_refused_and_not_run(tmp_path):
     assert not target.exists()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch notes the non-default protocol of the payload
 def test_plain_pickle_file_is_refused_and_not_run(tmp_path):
     target = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
