@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -35,3 +37,24 @@ def fmnist_small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DataSp
         class_names=np.array(full.train.class_names),
     )
     return path, load_dataset(str(path))
+
+
+@pytest.fixture(scope="session")
+def trained_copy(fmnist_small, tmp_path_factory) -> Callable[..., Path]:
+    """Factory: ``make(name, *train_options)`` gives a fresh copy of a run trained with ``contrastkit train``
+    on ``fmnist_small``; runs with the same options are trained once per session and copied."""
+    from contrastkit.cli import main
+
+    path, _ = fmnist_small
+    trained: dict[tuple[str, ...], Path] = {}
+
+    def make(name: str, *options: str) -> Path:
+        if options not in trained:
+            run = tmp_path_factory.mktemp("trained") / "run"
+            assert main(["train", "--data", str(path), "--out", str(run), "--quiet", *options]) == 0
+            trained[options] = run
+        copy = tmp_path_factory.mktemp("runs") / name
+        shutil.copytree(trained[options], copy)
+        return copy
+
+    return make

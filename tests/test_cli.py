@@ -11,15 +11,12 @@ import pytest
 from contrastkit.cli import main
 from contrastkit.config import TrainConfig
 
-TRAIN_ARGS = ["--epochs", "2", "--batch-size", "64", "--warmup-epochs", "0.5", "--monitor-bank", "600", "--monitor-queries", "200", "--quiet"]
+TRAIN_ARGS = ["--epochs", "2", "--batch-size", "64", "--warmup-epochs", "0.5", "--monitor-bank", "600", "--monitor-queries", "200"]
 
 
 @pytest.fixture(scope="module")
-def trained_run(fmnist_small, tmp_path_factory):
-    path, _ = fmnist_small
-    run = tmp_path_factory.mktemp("runs") / "cli"
-    assert main(["train", "--data", str(path), "--out", str(run), *TRAIN_ARGS]) == 0
-    return run
+def trained_run(trained_copy):
+    return trained_copy("cli", *TRAIN_ARGS)
 
 
 def test_train_writes_run_folder_and_prints_where(trained_run, capsys):

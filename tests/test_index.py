@@ -133,15 +133,12 @@ def test_read_index_refuses_mismatched_or_corrupt_files(tmp_path):
 
 # ----------------------------------------------------------------------------- end to end on a real run
 
-TRAIN_ARGS = ["--epochs", "1", "--batch-size", "64", "--monitor-bank", "300", "--monitor-queries", "100", "--quiet"]
+TRAIN_ARGS = ["--epochs", "1", "--batch-size", "64", "--monitor-bank", "300", "--monitor-queries", "100"]
 
 
 @pytest.fixture(scope="module")
-def run(fmnist_small, tmp_path_factory):
-    path, _ = fmnist_small
-    out = tmp_path_factory.mktemp("runs") / "search"
-    assert main(["train", "--data", str(path), "--out", str(out), *TRAIN_ARGS]) == 0
-    return out
+def run(trained_copy):
+    return trained_copy("search", *TRAIN_ARGS)
 
 
 def test_index_command_embeds_first_and_writes_files(run, capsys):

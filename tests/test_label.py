@@ -215,12 +215,8 @@ def test_labels_csv_columns_and_rows(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(fmnist_small, tmp_path_factory):
-    path, _ = fmnist_small
-    run = tmp_path_factory.mktemp("runs") / "label"
-    args = ["--epochs", "1", "--batch-size", "64", "--monitor-bank", "300", "--monitor-queries", "100", "--quiet"]
-    assert main(["train", "--data", str(path), "--out", str(run), *args]) == 0
-    return run
+def tiny_run(trained_copy):
+    return trained_copy("label", "--epochs", "1", "--batch-size", "64", "--monitor-bank", "300", "--monitor-queries", "100")
 
 
 def test_cli_clusters_writes_labels_metrics_and_montages(tiny_run, capsys):

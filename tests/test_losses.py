@@ -330,6 +330,16 @@ def test_supcon_anchors_without_positives_contribute_nothing() -> None:
 # ------------------------------------------------------ gradients and dtypes
 
 
+def _gradient_case_views(case: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two (3, 4) views that require grad: random, equal to each other, or all rows equal (degenerate cases)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(3, 4, generator=g)
+    other = {"random": torch.randn(3, 4, generator=g), "views_equal": base, "all_equal": base[:1].expand(3, 4)}[case]
+    if case == "all_equal":
+        base = other
+    return base.clone().requires_grad_(), other.clone().requires_grad_()
+
+
 @pytest.mark.parametrize(
     "loss_fn",
     (
@@ -343,12 +353,7 @@ def test_supcon_anchors_without_positives_contribute_nothing() -> None:
 )
 @pytest.mark.parametrize("case", ("random", "views_equal", "all_equal"))
 def test_gradients_are_finite(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], case: str) -> None:
-    g = torch.Generator().manual_seed(5)
-    base = torch.randn(3, 4, generator=g)
-    other = {"random": torch.randn(3, 4, generator=g), "views_equal": base, "all_equal": base[:1].expand(3, 4)}[case]
-    if case == "all_equal":
-        base = other
-    z1, z2 = base.clone().requires_grad_(), other.clone().requires_grad_()
+    z1, z2 = _gradient_case_views(case, seed=5)
     loss = loss_fn(z1, z2)
     loss.backward()
     assert torch.isfinite(loss)
@@ -738,12 +743,7 @@ def test_stop_gradient_targets_get_no_gradient() -> None:
 )
 @pytest.mark.parametrize("case", ("random", "views_equal", "all_equal"))
 def test_new_loss_gradients_are_finite(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], case: str) -> None:
-    g = torch.Generator().manual_seed(12)
-    base = torch.randn(3, 4, generator=g)
-    other = {"random": torch.randn(3, 4, generator=g), "views_equal": base, "all_equal": base[:1].expand(3, 4)}[case]
-    if case == "all_equal":
-        base = other
-    z1, z2 = base.clone().requires_grad_(), other.clone().requires_grad_()
+    z1, z2 = _gradient_case_views(case, seed=12)
     loss = loss_fn(z1, z2)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(z1.grad).all()

@@ -15,17 +15,15 @@ from PIL import Image
 
 from contrastkit.cli import main
 
-TRAIN_ARGS = ["--epochs", "2", "--batch-size", "64", "--monitor-bank", "300", "--monitor-queries", "100", "--quiet"]
+TRAIN_ARGS = ["--epochs", "2", "--batch-size", "64", "--monitor-bank", "300", "--monitor-queries", "100"]
 HOSTILE = "<script>alert('x')</script> & \"co\""
 CHROMIUM = Path("/usr/bin/chromium")
 
 
 @pytest.fixture(scope="module")
-def report(fmnist_small, tmp_path_factory):
+def report(trained_copy):
     """A trained run whose first class has a hostile name, and its report (evaluated on the way)."""
-    path, _ = fmnist_small
-    run = tmp_path_factory.mktemp("runs") / "report"
-    assert main(["train", "--data", str(path), "--out", str(run), *TRAIN_ARGS]) == 0
+    run = trained_copy("report", *TRAIN_ARGS)
     assert main(["embed", str(run)]) == 0
     meta = json.loads((run / "meta.json").read_text())
     meta["class_names"][0] = HOSTILE

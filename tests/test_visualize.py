@@ -13,15 +13,12 @@ from PIL import Image
 from contrastkit.cli import main
 from contrastkit.visualize import FIGURES, read_log, saliency_map, training_curves
 
-TRAIN_ARGS = ["--epochs", "2", "--batch-size", "64", "--monitor-bank", "300", "--monitor-queries", "100", "--quiet"]
+TRAIN_ARGS = ["--epochs", "2", "--batch-size", "64", "--monitor-bank", "300", "--monitor-queries", "100"]
 
 
 @pytest.fixture(scope="module")
-def run(fmnist_small, tmp_path_factory):
-    path, _ = fmnist_small
-    out = tmp_path_factory.mktemp("runs") / "viz"
-    assert main(["train", "--data", str(path), "--out", str(out), *TRAIN_ARGS]) == 0
-    return out
+def run(trained_copy):
+    return trained_copy("viz", *TRAIN_ARGS)
 
 
 def _pixels(png: bytes) -> np.ndarray:
