@@ -25,6 +25,7 @@ demo: install
 	rm -rf $(DEMO_RUN)
 	$(BIN)/contrastkit train --out $(DEMO_RUN) --epochs $(DEMO_EPOCHS)
 	$(BIN)/contrastkit evaluate $(DEMO_RUN)
+	$(BIN)/contrastkit report $(DEMO_RUN)
 
 test: install
 	$(BIN)/python -m pytest -q

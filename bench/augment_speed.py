@@ -88,7 +88,7 @@ def time_augment(
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--large", action="store_true", help="also time 224 x 224 x 3 (ImageNet)")
     parser.add_argument("--tune-malloc", action="store_true", help="raise glibc's mmap/trim thresholds")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     malloc = "default"
     if args.tune_malloc:
         malloc = "tuned" if tune_malloc() else "default (mallopt unavailable)"

@@ -22,60 +22,16 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import torch
 
 from contrastkit.config import METHOD_NAMES, TrainConfig
 from contrastkit.data import load_dataset
-from contrastkit.methods import build_method
-from contrastkit.optim import build_optimizer
-from contrastkit.runtime import Runtime
-from contrastkit.train import ViewMaker, augment_recipe, data_info
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from environment import describe  # noqa: E402
+from harness import images_per_second, run_child  # noqa: E402
 
 SSL_METHODS = [m for m in METHOD_NAMES if m not in ("supcon", "supervised")]
-CALIBRATION_STEPS = 8  # timed steps (after 2 warm-up steps) to estimate images/s
-
-
-def images_per_second(config: TrainConfig, data) -> float:
-    """Training images/s of one method: augmentation + forward + backward + optimiser step."""
-    runtime = Runtime.create(config.device, config.precision, config.channels_last)
-    info = data_info(data.train, config)
-    method = build_method(config, info["channels"], info["num_classes"]).to(runtime.device)
-    if runtime.channels_last:
-        method.to(memory_format=torch.channels_last)
-    make_views = ViewMaker(method, augment_recipe(info, config), info, runtime)
-    optimizer = build_optimizer(method, config)
-    gen = torch.Generator().manual_seed(0)
-    idx = torch.arange(config.batch_size)
-    times = []
-    for step in range(CALIBRATION_STEPS + 2):
-        t0 = time.perf_counter()
-        x = data.train.get_batch(idx)
-        views = make_views(x, gen)
-        with runtime.autocast():
-            loss, _ = method(views, data.train.labels[idx] if method.needs_labels else None)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        method.after_step(step + 1, 1000)
-        if step >= 2:
-            times.append(time.perf_counter() - t0)
-    times.sort()
-    return config.batch_size / times[len(times) // 2]
-
-
-def run_child(args: list[str]) -> tuple[int, float, float]:
-    """Run ``python -m contrastkit ARGS``; (exit status, seconds, peak RSS in MiB of that process)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "contrastkit", *args], stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, time.perf_counter() - t0, usage.ru_maxrss / 1024
 
 
 def main(argv: list[str] | None = None) -> None:

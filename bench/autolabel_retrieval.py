@@ -1,0 +1,157 @@
+"""Auto-labelling and retrieval figures of a trained run, beside the same on raw pixels.
+
+Reads the run's embeddings (``contrastkit embed`` writes them; the script
+embeds first when they are missing) and the data set's ground truth, then:
+1. unsupervised: k-means into as many clusters as classes on every item
+   (train and test), cluster accuracy (Hungarian matching), NMI, ARI;
+2. few labels: for 1, 5, 10, 50 seed labels per class drawn from the train
+   split, ``label_from_seeds`` labels every item; accuracy over all non-seed
+   items (median of ``--draws`` draws) and the model chosen;
+3. retrieval: every test image queries the train split by cosine similarity;
+   precision@k (fraction of the top k with the query's class) and mAP over
+   the whole ranked train split.
+Each on the run's embeddings and on raw pixels (L2-normalised, as the kNN
+baseline compares them).
+
+Usage:
+    python bench/autolabel_retrieval.py RUN
+    python bench/autolabel_retrieval.py RUN --seeds-per-class 1 5 10 50 --draws 3 --out labels.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from contrastkit.data import load_dataset
+from contrastkit.embedding import EMBEDDINGS_FILE, embed_run, read_embeddings
+from contrastkit.evaluation import _raw_pixels, _run_config
+from contrastkit.label import cluster_metrics, label_clusters, label_from_seeds
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from environment import describe  # noqa: E402
+from harness import pct  # noqa: E402
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (float32)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def retrieval_metrics(db: np.ndarray, db_y: np.ndarray, q: np.ndarray, q_y: np.ndarray,
+                      ks: tuple[int, ...] = (1, 10, 100), chunk: int = 512) -> dict[str, float]:
+    """precision@k for each k, and mAP over the full ranking of ``db`` for every query (cosine similarity).
+
+    AP of one query: the mean, over the positions r of its relevant items
+    (same class) in the ranking, of precision@r.
+    """
+    dbn, qn = torch.from_numpy(normalise(db)), torch.from_numpy(normalise(q))
+    dby, qy = torch.from_numpy(np.asarray(db_y)), torch.from_numpy(np.asarray(q_y))
+    hits = {k: 0.0 for k in ks}
+    ap_sum = 0.0
+    for start in range(0, len(qn), chunk):
+        sims = qn[start:start + chunk] @ dbn.T  # (b, N)
+        order = sims.argsort(dim=1, descending=True)
+        rel = (dby[order] == qy[start:start + chunk, None]).float()  # (b, N) relevance in rank order
+        for k in ks:
+            hits[k] += rel[:, :k].mean(1).sum().item()
+        cum = rel.cumsum(1)
+        ranks = torch.arange(1, rel.shape[1] + 1, dtype=torch.float32)
+        n_rel = rel.sum(1).clamp(min=1)
+        ap_sum += ((cum / ranks) * rel).sum(1).div(n_rel).sum().item()
+    out = {f"precision_at_{k}": hits[k] / len(qn) for k in ks}
+    out["mAP"] = ap_sum / len(qn)
+    return out
+
+
+def few_label_accuracy(features: np.ndarray, labels: np.ndarray, train_rows: np.ndarray, per_class: int,
+                       draw: int) -> tuple[float, str]:
+    """Accuracy on every non-seed item when ``per_class`` train items of each class are labelled; the model used."""
+    rng = np.random.default_rng(1000 + draw)
+    seeds = np.concatenate([rng.choice(train_rows[labels[train_rows] == c], per_class, replace=False)
+                            for c in np.unique(labels)])
+    res = label_from_seeds(features, seeds, labels[seeds], num_classes=int(labels.max()) + 1, seed=draw)
+    rest = np.ones(len(labels), dtype=bool)
+    rest[seeds] = False
+    return float((res.labels[rest] == labels[rest]).mean()), res.model
+
+
+def evaluate(name: str, features: np.ndarray, labels: np.ndarray, splits: np.ndarray, args) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    k = int(labels.max()) + 1
+    t0 = time.perf_counter()
+    clusters = label_clusters(features, k, seed=0)
+    out["clusters"] = {kk: v for kk, v in cluster_metrics(labels, clusters.clusters).items() if isinstance(v, float)}
+    print(f"{name}: k-means ({time.perf_counter() - t0:.0f} s): " +
+          ", ".join(f"{kk} {v:.4f}" for kk, v in out["clusters"].items()), flush=True)
+    train_rows = np.flatnonzero(splits == "train")
+    out["few_labels"] = {}
+    for s in args.seeds_per_class:
+        t0 = time.perf_counter()
+        runs = [few_label_accuracy(features, labels, train_rows, s, d) for d in range(args.draws)]
+        accs = [a for a, _ in runs]
+        out["few_labels"][s] = {"median": statistics.median(accs), "min": min(accs), "max": max(accs),
+                                "models": [m for _, m in runs]}
+        print(f"{name}: {s} labels/class ({time.perf_counter() - t0:.0f} s): {pct(statistics.median(accs))} "
+              f"[{pct(min(accs))}-{pct(max(accs))}], models {[m for _, m in runs]}", flush=True)
+    test_rows = np.flatnonzero(splits == "test")
+    t0 = time.perf_counter()
+    out["retrieval"] = retrieval_metrics(features[train_rows], labels[train_rows], features[test_rows], labels[test_rows])
+    print(f"{name}: retrieval ({time.perf_counter() - t0:.0f} s): " +
+          ", ".join(f"{kk} {v:.4f}" for kk, v in out["retrieval"].items()), flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path, help="a run folder of `contrastkit train`")
+    parser.add_argument("--seeds-per-class", type=int, nargs="+", default=[1, 5, 10, 50])
+    parser.add_argument("--draws", type=int, default=3, help="random seed draws per count (median reported)")
+    parser.add_argument("--no-raw", action="store_true", help="skip the raw-pixel columns")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+
+    print(describe())
+    config = _run_config(args.run)
+    data = load_dataset(config.data, image_size=config.image_size)
+    if not (args.run / EMBEDDINGS_FILE).is_file():
+        embed_run(args.run, data=data)
+    emb = read_embeddings(args.run)
+    if emb.labels is None or (emb.labels < 0).any():
+        raise SystemExit(f"{args.run}: these figures need a label for every item")
+    splits = np.array(emb.splits)
+    print(f"data: {data.train.name}, {int((splits == 'train').sum())} train + {int((splits == 'test').sum())} test "
+          f"items, embeddings {emb.features.shape[1]}-d", flush=True)
+    results = {"ssl": evaluate("self-supervised", emb.features, emb.labels, splits, args)}
+    if not args.no_raw:
+        raw = torch.cat([_raw_pixels(data.train), _raw_pixels(data.test)]).numpy()
+        results["raw"] = evaluate("raw pixels", raw, emb.labels, splits, args)
+
+    cols = list(results)
+    print()
+    print("| measure | " + " | ".join({"ssl": "self-supervised", "raw": "raw pixels"}[c] for c in cols) + " |")
+    print("|---|" + "---|" * len(cols))
+    print("| k-means cluster accuracy | " + " | ".join(pct(results[c]["clusters"]["cluster_accuracy"]) for c in cols) + " |")
+    for key in ("nmi", "ari"):
+        print(f"| k-means {key.upper()} | " + " | ".join(f"{results[c]['clusters'][key]:.4f}" for c in cols) + " |")
+    for s in args.seeds_per_class:
+        print(f"| {s} label(s)/class: items labelled correctly | " +
+              " | ".join(pct(results[c]["few_labels"][s]["median"]) for c in cols) + " |")
+    for key in results["ssl"]["retrieval"]:
+        print(f"| retrieval {key.replace('_', ' ')} | " + " | ".join(f"{results[c]['retrieval'][key]:.4f}" for c in cols) + " |")
+    if args.out:
+        args.out.write_text(json.dumps({"environment": describe(), "run": str(args.run), **results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Every script under bench/ runs at toy size and prints its table (benchmarks are measured, never asserted:
+these tests check that the scripts work, plus the few pure functions they rely on)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def load(name: str) -> ModuleType:
+    """Import bench/NAME.py as a module (the scripts put bench/ on sys.path themselves)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quality_prints_every_row_and_writes_json(fmnist_small, tmp_path, capsys) -> None:
+    path, _ = fmnist_small
+    out = tmp_path / "q.json"
+    load("quality").main(["--data", str(path), "--minutes", "0.01", "--set", "batch_size=32",
+                          "--set", "monitor_bank=100", "--set", "monitor_queries=100", "--out", str(out)])
+    text = capsys.readouterr().out
+    for row in ("| simclr (small_cnn) |", "| supervised (small_cnn) |", "| untrained small_cnn |", "| raw pixels |"):
+        assert row in text
+    result = json.loads(out.read_text())
+    (ssl,) = result["ssl"]
+    assert ssl["epochs"] >= 1 and 0 < ssl["knn_top1_k20"] <= 1 and 0 < ssl["linear_probe_top1"] <= 1
+    assert len(ssl["knn_monitor"]) == ssl["epochs"]
+    assert 0 < result["supervised"][0]["test_top1"] <= 1
+
+
+def test_quality_rejects_an_unknown_override() -> None:
+    with pytest.raises(SystemExit, match="FIELD=VALUE"):
+        load("quality").parse_overrides(["no_such_field=1"])
+    assert load("quality").parse_overrides(["batch-size=64", "method=byol"]) == {"batch_size": 64, "method": "byol"}
+
+
+def test_throughput_reports_flops_and_mfu(fmnist_small, tmp_path, capsys) -> None:
+    path, _ = fmnist_small
+    out = tmp_path / "t.json"
+    load("throughput").main(["--data", str(path), "--backbones", "seed_cnn", "--variants", "fp32,fp32+cl",
+                             "--steps", "1", "--repeats", "1", "--batch-size", "16", "--out", str(out)])
+    assert "| seed_cnn | fp32+cl |" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["results"]
+    assert {r["variant"] for r in rows} == {"fp32", "fp32+cl"}
+    for r in rows:
+        assert r["images_per_s"] > 0 and r["flops_per_step"] > 0 and 0 < r["mfu"] < 2
+
+
+def test_throughput_counts_the_flops_of_a_linear_model() -> None:
+    """The FLOP counter the MFU relies on: forward 2*B*I*O, backward twice that (input and weight grads)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    layer = torch.nn.Linear(64, 32, bias=False)
+    x = torch.randn(8, 64, requires_grad=True)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        layer(x).sum().backward()
+    assert counter.get_total_flops() == 3 * 2 * 8 * 64 * 32
+
+
+def test_vs_lightly_says_how_to_build_lightlys_venv(tmp_path) -> None:
+    with pytest.raises(SystemExit, match="bench/lightly_venv.sh"):
+        load("vs_lightly").main(["--lightly-python", str(tmp_path / "none" / "python")])
+
+
+def test_imbalance_profile_and_run(fmnist_small, capsys) -> None:
+    mod = load("imbalance")
+    counts = mod.long_tail_counts(10, 6000, 100)
+    assert counts[0] == 6000 and counts[-1] == 60
+    assert all(a > b for a, b in zip(counts, counts[1:]))
+    assert counts[3] == int(6000 * 100 ** (-3 / 9))
+    path, _ = fmnist_small
+    mod.main(["--data", str(path), "--max-per-class", "40", "--ratio", "4", "--epochs", "1", "--batch-size", "32"])
+    text = capsys.readouterr().out
+    assert "| long-tailed (" in text and "| balanced (" in text and "| Ankle boot | 10 |" in text
+
+
+def test_overfitting_early_stop_rule_and_jsonl(fmnist_small, tmp_path, capsys) -> None:
+    mod = load("overfitting")
+    assert mod.early_stop([0.5, 0.6, 0.55, 0.54, 0.53, 0.7], patience=2) == (4, 2)
+    assert mod.early_stop([0.5, 0.6, 0.7], patience=1) == (3, 3)  # never triggered: runs to the end
+    path, _ = fmnist_small
+    out = tmp_path / "o.jsonl"
+    mod.main(["--data", str(path), "--train-images", "200", "--epochs", "2", "--batch-size", "32",
+              "--patience", "1", "--out", str(out)])
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2]
+    assert all(0 <= x["heldout_knn"] <= 1 and x["train_loss"] > 0 for x in lines)
+    assert "| 1 |" in capsys.readouterr().out
+
+
+def test_recipe_sweep_and_methods_run(fmnist_small, capsys) -> None:
+    path, _ = fmnist_small
+    load("recipe_sweep").main(["--data", str(path), "--epochs", "1",
+                               "--variants", '[["b64", {"batch_size": 64, "monitor_bank": 100}]]'])
+    assert "| b64 |" in capsys.readouterr().out
+    load("methods").main(["--data", str(path), "--minutes", "0.001", "--methods", "simclr"])
+    assert "| simclr | 1 |" in capsys.readouterr().out
+
+
+def test_speed_scripts_run(capsys) -> None:
+    load("backbone_speed").main(["--backbones", "seed_cnn", "--batch-size", "8", "--warmup", "1", "--steps", "1"])
+    assert "| seed_cnn" in capsys.readouterr().out
+    load("augment_speed").main(["--batch", "8", "--runs", "1", "--warmup", "1"])
+    assert "images_per_s_median" in capsys.readouterr().out
+
+
+def test_retrieval_metrics_match_sklearn_average_precision() -> None:
+    from sklearn.metrics import average_precision_score
+
+    mod = load("autolabel_retrieval")
+    rng = np.random.default_rng(0)
+    db, q = rng.normal(size=(60, 8)), rng.normal(size=(7, 8))
+    db_y, q_y = rng.integers(0, 3, 60), rng.integers(0, 3, 7)
+    got = mod.retrieval_metrics(db, db_y, q, q_y, ks=(1, 5), chunk=3)
+    sims = mod.normalise(q) @ mod.normalise(db).T
+    aps = [average_precision_score(db_y == y, s) for s, y in zip(sims, q_y)]
+    assert got["mAP"] == pytest.approx(np.mean(aps), abs=1e-6)
+    top5 = np.argsort(-sims, axis=1)[:, :5]
+    assert got["precision_at_5"] == pytest.approx(np.mean(db_y[top5] == q_y[:, None]), abs=1e-6)
+
+
+def test_autolabel_retrieval_runs_on_a_trained_run(trained_copy, capsys) -> None:
+    run = trained_copy("bench-autolabel", "--epochs", "1", "--batch-size", "64")
+    load("autolabel_retrieval").main([str(run), "--seeds-per-class", "2", "--draws", "1"])
+    text = capsys.readouterr().out
+    assert "| k-means cluster accuracy |" in text and "| 2 label(s)/class" in text and "| retrieval mAP |" in text
