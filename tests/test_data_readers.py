@@ -7,7 +7,9 @@ header, numpy archives, images saved by Pillow) and reads them back.
 from __future__ import annotations
 
 import gzip
+import io
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -430,25 +432,192 @@ def test_mixed_sizes(tmp_path: Path) -> None:
         load_folder(root, image_size=0)
 
 
-def test_corrupt_and_zero_byte_files(tmp_path: Path) -> None:
+def _bad_folder(root: Path) -> dict[str, str]:
+    """Six good class-folder images and one of each kind of bad file; returns {bad file: expected reason}."""
+    for cls in ("a", "b"):
+        for i in range(3):
+            save_png(root / cls / f"{i}.png", gray(10 * i + (cls == "b")))
+    (root / "a" / "zero.jpg").write_bytes(b"")
+    (root / "a" / "notes.png").write_text("a text file with an image extension")
+    (root / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
+    save_png(root / "b" / "cut.png", np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8))
+    (root / "b" / "cut.png").write_bytes((root / "b" / "cut.png").read_bytes()[:200])  # header reads, pixels do not
+    jpg = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(jpg, "JPEG")
+    (root / "b" / "cut.jpg").write_bytes(jpg.getvalue()[: len(jpg.getvalue()) // 2])
+    return {
+        "a/zero.jpg": "empty file",
+        "a/notes.png": "not an image file Pillow can read",
+        "b/broken.png": "not an image file Pillow can read",
+        "b/cut.png": "truncated",
+        "b/cut.jpg": "truncated",
+    }
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_bad_files_are_listed_in_one_error(tmp_path: Path, lazy: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "bad"
+    expected = _bad_folder(root)
+    budget = 10 if lazy else 2 << 30
+    with pytest.raises(DataError) as err:
+        load_folder(root, image_size=4, max_in_memory_bytes=budget)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{root.resolve()}: 5 of 11 image files cannot be read: ")
+    for name, reason in expected.items():
+        assert name in msg, name
+        assert reason.lower() in msg.split(name, 1)[1].split(")", 1)[0].lower(), (name, msg)
+    assert "--skip-bad" in msg
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_skip_bad_leaves_them_out_and_says_how_many(
+    tmp_path: Path, lazy: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "bad"
+    expected = _bad_folder(root)
+    s = load_folder(root, image_size=4, skip_bad=True, max_in_memory_bytes=10 if lazy else 2 << 30)
+    sources = s.train.sources + s.test.sources
+    assert sorted(sources) == [f"{c}/{i}.png" for c in "ab" for i in range(3)]
+    assert s.info == {"skipped": "5"}
+    assert isinstance(s.train.images, LazyFolderImages) == lazy
+    images = torch.cat([s.train.get_batch(torch.arange(len(s.train))), s.test.get_batch(torch.arange(len(s.test)))])
+    for src, img in zip(sources, images):
+        cls, name = src.split("/")
+        assert torch.all(img == 10 * int(name[0]) + (cls == "b"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "skipped 5 of 11 image files" in err[0] and "--skip-bad" in err[0]
+    assert all(name in err[0] for name in expected)
+    assert load_path(root, image_size=4, skip_bad=True).info["skipped"] == "5"  # plumbed through load_path
+
+
+def test_bad_file_listing_is_capped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "many"
+    for i in range(3):
+        save_png(root / f"good{i}.png", gray(i))
+    for i in range(25):
+        (root / f"bad{i:02d}.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"25 of 28 image files cannot be read: bad00\.png \(empty file\)") as err:
+        load_folder(root)
+    msg = str(err.value)
+    assert "bad19.png" in msg and "bad20.png" not in msg and "and 5 more" in msg
+    s = load_folder(root, skip_bad=True)
+    assert len(s.train) + len(s.test) == 3
+    warning = capsys.readouterr().err
+    assert "skipped 25 of 28" in warning and "bad04.png" in warning and "bad05.png" not in warning
+    assert "and 20 more" in warning
+
+
+def test_skip_bad_with_too_few_good_images(tmp_path: Path) -> None:
+    root = tmp_path / "few"
+    save_png(root / "ok.png", gray(1))
+    (root / "zero.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"1 of 2 image files cannot be read: zero\.png \(empty file\); too few"):
+        load_folder(root, skip_bad=True)
+    (root / "ok.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"2 of 2 image files cannot be read.*too few readable images remain"):
+        load_folder(root, skip_bad=True)
+    with pytest.raises(DataError, match="pass --skip-bad"):
+        load_folder(root)
+
+
+def test_one_bad_file_is_named_with_its_reason(tmp_path: Path) -> None:
     root = tmp_path / "bad"
     save_png(root / "ok.png", gray(1))
+    save_png(root / "ok2.png", gray(2))
     (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
-    with pytest.raises(DataError, match="cannot decode image") as err:
+    with pytest.raises(DataError, match=r"1 of 3 image files cannot be read: broken\.png \(not an image"):
         load_folder(root)
+    # a single file read alone (search queries) still names its full path
+    with pytest.raises(DataError, match=r"broken\.png: cannot decode image") as err:
+        load_image_file(root / "broken.png", 1, None)
     assert str((root / "broken.png").resolve()) in str(err.value)
-    (root / "broken.png").unlink()
     (root / "zero.jpg").write_bytes(b"")
     with pytest.raises(DataError, match=r"zero\.jpg: cannot decode image \(empty file\)"):
+        load_image_file(root / "zero.jpg", 3, (4, 4))
+
+
+def png16_rgb(path: Path, rgb16: np.ndarray) -> Path:
+    """A 16-bit-per-channel RGB PNG (colour type 2, bit depth 16), which Pillow cannot write."""
+    h, w, _ = rgb16.shape
+    raw = b"".join(b"\x00" + rgb16[y].astype(">u2").tobytes() for y in range(h))  # filter 0 per row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return path
+
+
+RGB = (200, 100, 50)
+LUMA = 124  # ITU-R 601-2 luma of RGB, as Pillow's "L": 0.299 R + 0.587 G + 0.114 B
+
+
+def _mode_file(folder: Path, mode: str, h: int, w: int) -> tuple[Path, list[int], int]:
+    """An (h, w) image file of one Pillow mode; returns (path, expected RGB, tolerance)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    solid = Image.new("RGB", (w, h), RGB)
+    if mode == "I;16":
+        path = folder / "i16.png"
+        Image.fromarray(np.full((h, w), 257 * LUMA, np.uint16)).save(path)
+        return path, [LUMA] * 3, 0
+    if mode == "RGB;16":
+        return png16_rgb(folder / "rgb16.png", np.full((h, w, 3), [257 * c for c in RGB], np.uint16)), list(RGB), 0
+    if mode == "CMYK":
+        path = folder / "cmyk.jpg"
+        solid.convert("CMYK").save(path, quality=95)
+        return path, list(RGB), 4
+    if mode == "P":
+        path = folder / "p.png"
+        solid.convert("P", palette=Image.Palette.ADAPTIVE).save(path)
+        return path, list(RGB), 0
+    if mode == "LA-transparent":
+        path = folder / "la0.png"
+        Image.new("LA", (w, h), (30, 0)).save(path)
+        return path, [255] * 3, 0  # fully transparent: white background
+    if mode == "1":
+        path = folder / "bw.png"
+        Image.new("1", (w, h), 1).save(path)
+        return path, [255] * 3, 0
+    path = folder / f"{mode.lower()}.png"
+    solid.convert(mode).save(path)
+    gray_mode = mode in ("L", "LA")
+    return path, [LUMA] * 3 if gray_mode else list(RGB), 0
+
+
+MODES = ["L", "LA", "LA-transparent", "1", "RGB", "RGBA", "P", "I;16", "RGB;16", "CMYK"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_converts_to_gray_and_rgb(tmp_path: Path, mode: str) -> None:
+    path, rgb, tol = _mode_file(tmp_path, mode, 3, 5)
+    with Image.open(path) as im:
+        assert im.mode.startswith(mode.split("-")[0].split(";")[0][:1])  # really that kind of file
+    t3 = load_image_file(path, 3, None)
+    assert t3.shape == (3, 3, 5) and t3.dtype == torch.uint8
+    assert (t3.int() - torch.tensor(rgb).view(3, 1, 1)).abs().max() <= tol, t3[:, 0, 0].tolist()
+    luma = round(0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])
+    t1 = load_image_file(path, 1, (2, 2))
+    assert t1.shape == (1, 2, 2) and (t1.int() - luma).abs().max() <= tol + 1
+
+
+def test_folder_of_mixed_modes_and_sizes_is_resized(tmp_path: Path) -> None:
+    root = tmp_path / "zoo"
+    sizes = [(4, 4), (6, 8), (5, 5), (3, 3), (7, 2), (2, 9), (9, 9), (4, 6), (3, 7), (8, 3)]
+    expected = {}
+    for mode, (h, w) in zip(MODES, sizes):
+        path, rgb, tol = _mode_file(root / mode.replace(";", "_"), mode, h, w)
+        expected[path.relative_to(root).as_posix()] = (rgb, tol)
+    with pytest.raises(DataError, match="--image-size"):
         load_folder(root)
-    # A PNG cut short: the header reads, the pixels do not.
-    (root / "zero.jpg").unlink()
-    full = (root / "ok.png").read_bytes()
-    save_png(root / "big.png", np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8))
-    (root / "big.png").write_bytes((root / "big.png").read_bytes()[:200])
-    (root / "ok.png").write_bytes(full)
-    with pytest.raises(DataError, match=r"big\.png: cannot decode image"):
-        load_folder(root, image_size=4)
+    s = load_folder(root, image_size=6)
+    assert s.train.class_names is not None and len(s.train) + len(s.test) == len(MODES)
+    for ds in (s.train, s.test):
+        assert ds.images.shape[1:] == (3, 6, 6)  # some colour file -> every image RGB
+        for src, img in zip(ds.sources, ds.images):
+            rgb, tol = expected[src]
+            assert (img.int() - torch.tensor(rgb).view(3, 1, 1)).abs().max() <= tol, (src, img[:, 0, 0].tolist())
 
 
 def test_empty_folders(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from contrastkit.atomic import atomic_save_npy, atomic_write_text
+from contrastkit.atomic import AtomicFiles
 from contrastkit.augment import to_float
 from contrastkit.data.dataset import DataSplits, ImageDataset
 from contrastkit.errors import DataError
@@ -30,6 +30,7 @@ from contrastkit.runtime import Runtime
 EMBEDDINGS_FILE = "embeddings.npy"
 ITEMS_FILE = "items.csv"
 META_FILE = "meta.json"
+MAX_LABEL = 999_999  # without class names, labels above this are refused (a label array sized max+1 would not fit)
 
 
 @torch.no_grad()
@@ -91,7 +92,12 @@ def write_embeddings(
     test_features: torch.Tensor,
     meta: dict[str, Any],
 ) -> None:
-    """Write embeddings.npy, items.csv and meta.json into ``out_dir`` (each atomically)."""
+    """Write embeddings.npy, items.csv and meta.json into ``out_dir`` together.
+
+    All three are written to temporary files first and renamed only when
+    every one is on disk, so a full disk or a write error leaves the previous
+    three files as they were (see :class:`contrastkit.atomic.AtomicFiles`).
+    """
     out_dir = Path(out_dir)
     features = torch.cat([train_features, test_features]).numpy().astype(np.float32)
     buf = io.StringIO()
@@ -110,13 +116,62 @@ def write_embeddings(
         "splits": {"train": len(data.train), "test": len(data.test)},
         "class_names": data.train.class_names,
     }
-    atomic_save_npy(out_dir / EMBEDDINGS_FILE, features)
-    atomic_write_text(out_dir / ITEMS_FILE, buf.getvalue())
-    atomic_write_text(out_dir / META_FILE, json.dumps(meta, indent=2) + "\n")
+    with AtomicFiles() as out:
+        out.save_npy(out_dir / EMBEDDINGS_FILE, features)
+        out.write_text(out_dir / ITEMS_FILE, buf.getvalue())
+        out.write_text(out_dir / META_FILE, json.dumps(meta, indent=2) + "\n")
+
+
+def _read_items(items_path: Path) -> list[dict[str, str]]:
+    """The rows of items.csv; a DataError naming the file and the row for anything malformed."""
+    try:
+        with open(items_path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = reader.fieldnames or []
+    except UnicodeDecodeError as e:
+        raise DataError(f"{items_path}: not UTF-8 text ({e})") from None
+    except csv.Error as e:
+        raise DataError(f"{items_path}: not a readable CSV file ({e})") from None
+    except OSError as e:
+        raise DataError(f"{items_path}: cannot read ({e.strerror or e})") from None
+    if rows and not {"split", "source", "label"} <= set(columns):
+        raise DataError(f"{items_path}: expected columns index,split,source,label, got {list(columns)}")
+    for n, r in enumerate(rows, 2):  # line 1 is the header
+        if None in r or any(r.get(k) is None for k in ("split", "source", "label")):
+            raise DataError(f"{items_path}, line {n}: expected 4 fields (index,split,source,label), got a row of another length")
+    return rows
+
+
+def _item_labels(rows: list[dict[str, str]], items_path: Path, class_names: Any) -> np.ndarray:
+    """int64 label per row, -1 where unknown; refuses values no class index can have."""
+    limit = len(class_names) if isinstance(class_names, list) and class_names else MAX_LABEL + 1
+    out = np.full(len(rows), -1, dtype=np.int64)
+    for i, r in enumerate(rows):
+        text = r["label"].strip()
+        if text == "":
+            continue
+        try:
+            value = int(text)
+        except ValueError:
+            raise DataError(f"{items_path}, line {i + 2}: label {r['label']!r} is not an integer (or empty for unknown)") from None
+        if not -1 <= value < limit:
+            what = f"the {limit} class names in meta.json" if limit <= MAX_LABEL else f"labels 0..{MAX_LABEL}"
+            raise DataError(f"{items_path}, line {i + 2}: label {value} is out of range for {what} (-1 or empty: unknown)")
+        out[i] = value
+    return out
 
 
 def read_embeddings(folder: Path) -> Embeddings:
-    """Read what :func:`write_embeddings` wrote (from any source of embeddings)."""
+    """Read what :func:`write_embeddings` wrote (from any source of embeddings).
+
+    Raises:
+        DataError: a file is missing or malformed: embeddings.npy not a plain
+            2-D numeric array or holding NaN / inf, items.csv not UTF-8 CSV
+            with the columns index,split,source,label and one row per
+            embedding, a label that is not a class index, meta.json not a
+            JSON object. The message names the file (and the line).
+    """
     folder = Path(folder)
     emb_path, items_path, meta_path = folder / EMBEDDINGS_FILE, folder / ITEMS_FILE, folder / META_FILE
     for p in (emb_path, items_path):
@@ -124,23 +179,32 @@ def read_embeddings(folder: Path) -> Embeddings:
             raise DataError(f"{p}: not found; run `contrastkit embed {folder}` first")
     try:
         features = np.load(emb_path, allow_pickle=False, mmap_mode="r")
-    except ValueError as e:
+    except (ValueError, OSError, EOFError) as e:
         raise DataError(f"{emb_path}: not a plain .npy array ({e})") from None
+    if not isinstance(features, np.ndarray):
+        raise DataError(f"{emb_path}: an .npz archive, not a plain .npy array")
     if features.ndim != 2:
         raise DataError(f"{emb_path}: expected a 2-D array (items x dimensions), got shape {features.shape}")
-    with open(items_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if rows and not {"split", "source", "label"} <= set(rows[0]):
-        raise DataError(f"{items_path}: expected columns index,split,source,label, got {list(rows[0])}")
+    if features.dtype.kind not in "fiu":
+        raise DataError(f"{emb_path}: expected a numeric (float) array, got dtype {features.dtype}")
+    features = np.asarray(features, dtype=np.float32)
+    if not np.isfinite(features).all():
+        bad = int((~np.isfinite(features).all(axis=1)).sum())
+        raise DataError(f"{emb_path}: {bad} rows hold NaN or inf values; embed again")
+    meta: dict[str, Any] = {}
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:
+            raise DataError(f"{meta_path}: not valid JSON ({e})") from None
+        if not isinstance(meta, dict):
+            raise DataError(f"{meta_path}: expected a JSON object")
+    rows = _read_items(items_path)
     if len(rows) != len(features):
         raise DataError(f"{items_path}: {len(rows)} rows but {emb_path} has {len(features)} embeddings")
-    try:
-        labels = np.array([int(r["label"]) if r["label"] != "" else -1 for r in rows], dtype=np.int64)
-    except ValueError as e:
-        raise DataError(f"{items_path}: a label is not an integer ({e})") from None
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    labels = _item_labels(rows, items_path, meta.get("class_names"))
     return Embeddings(
-        features=np.asarray(features, dtype=np.float32),
+        features=features,
         splits=[r["split"] for r in rows],
         sources=[r["source"] for r in rows],
         labels=labels if (labels >= 0).any() else None,
@@ -155,6 +219,7 @@ def embed_run(
     data_spec: str | None = None,
     out_dir: str | Path | None = None,
     batch_size: int = 512,
+    skip_bad: bool | None = None,
 ) -> Embeddings:
     """Embed a data set (default: the run's own) with a run's best checkpoint and write the files.
 
@@ -164,6 +229,8 @@ def embed_run(
         data_spec: a data set name or path (default: the run's ``config.data``).
         out_dir: where to write (default: ``run_dir``).
         batch_size: images per forward pass.
+        skip_bad: image folders: leave out files that cannot be decoded
+            (default: the run's ``config.skip_bad``).
     """
     from contrastkit.checkpoint import load_method, run_checkpoint
     from contrastkit.data import load_dataset
@@ -171,7 +238,11 @@ def embed_run(
     run_dir = Path(run_dir)
     method, config, info = load_method(run_dir)
     if data is None:
-        data = load_dataset(data_spec if data_spec is not None else config.data, image_size=config.image_size)
+        data = load_dataset(
+            data_spec if data_spec is not None else config.data,
+            image_size=config.image_size,
+            skip_bad=config.skip_bad if skip_bad is None else skip_bad,
+        )
     channels = data.train.shape[0]
     if channels != info["channels"]:
         raise DataError(

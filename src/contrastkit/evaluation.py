@@ -147,7 +147,7 @@ def evaluate_run(
         raise ConfigError(f"--baseline {baseline!r} is not one of {', '.join(BASELINE_NAMES)}")
     config = _run_config(run_dir)
     if data is None:
-        data = load_dataset(config.data, image_size=config.image_size)
+        data = load_dataset(config.data, image_size=config.image_size, skip_bad=config.skip_bad)
     if data.train.labels is None or data.test.labels is None:
         raise DataError(f"{data.train.name}: evaluation needs labels, and this data set has none")
     if not (run_dir / EMBEDDINGS_FILE).is_file():

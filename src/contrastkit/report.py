@@ -157,6 +157,17 @@ def cluster_montages(run_dir: Path, emb: Any, get_images: Any, seed: int = 0) ->
     return out, source
 
 
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; a DataError naming the file when it is not one."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DataError(f"{path}: not valid JSON ({e}); write it again (train / evaluate)") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def _section(title: str, body: str) -> str:
     return f"<section><h2>{esc(title)}</h2>\n{body}\n</section>"
 
@@ -176,13 +187,13 @@ def build_report(run_dir: str | Path, *, seed: int = 0, max_points: int = 5000, 
     if not run_dir.is_dir():
         raise DataError(f"{run_dir}: no such run folder")
     config_path = run_dir / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else None
+    config = _read_json_object(config_path) if config_path.is_file() else None
     emb = ensure_embeddings(run_dir)
     metrics_path = run_dir / METRICS_FILE
     metrics: dict[str, Any] | None = None
     metrics_note = ""
     if metrics_path.is_file():
-        metrics = json.loads(metrics_path.read_text())
+        metrics = _read_json_object(metrics_path)
     elif config is not None and emb.labels is not None:
         metrics = evaluate_run(run_dir, progress=progress)
     else:

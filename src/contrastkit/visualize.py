@@ -143,19 +143,40 @@ def read_label_groups(path: Path) -> tuple[np.ndarray, list[str]]:
 
     A group's name is its label (the class name with ``--seed-labels``) or
     ``cluster <k>`` when the label is the cluster number.
+
+    Raises:
+        DataError: the file is not UTF-8 CSV with the columns label and
+            cluster, or a cluster is not an integer in [0, rows) (the message
+            names the file and line).
     """
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if rows and not {"label", "cluster"} <= set(rows[0]):
-        raise DataError(f"{path}: expected columns item,source,label,confidence,cluster, got {list(rows[0])}")
     try:
-        groups = np.array([int(r["cluster"]) for r in rows], dtype=np.int64)
-    except ValueError as e:
-        raise DataError(f"{path}: a cluster is not an integer ({e})") from None
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = reader.fieldnames or []
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: not a readable UTF-8 CSV file ({e})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    if rows and not {"label", "cluster"} <= set(columns):
+        raise DataError(f"{path}: expected columns item,source,label,confidence,cluster, got {list(columns)}")
+    groups = np.zeros(len(rows), dtype=np.int64)
+    for i, r in enumerate(rows):
+        text = r.get("cluster")
+        try:
+            g = int(text) if text is not None else None
+        except ValueError:
+            g = None
+        if g is None or not 0 <= g < len(rows):
+            raise DataError(
+                f"{path}, line {i + 2}: cluster {text!r} is not an integer in 0..{len(rows) - 1} (one per row at most)"
+            )
+        groups[i] = g
     names = [f"cluster {k}" for k in range(int(groups.max()) + 1 if len(groups) else 0)]
     for r, g in zip(rows, groups.tolist()):
-        if r["label"] != str(g):
-            names[g] = r["label"]
+        label = r.get("label") or ""
+        if label != str(g):
+            names[g] = label
     return groups, names
 
 
@@ -288,13 +309,20 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DataError(f"{path}: not found; training curves need the log of `contrastkit train`")
     records = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e})") from None
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{n}: not a JSON line ({e})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{n}: expected a JSON object per line, got {type(record).__name__}")
+        records.append(record)
     if not records:
         raise DataError(f"{path}: no epochs logged")
     return records

@@ -13,7 +13,9 @@ from contrastkit.data.dataset import DataSplits, ImageDataset
 __all__ = ["DataSplits", "ImageDataset", "load_dataset"]
 
 
-def load_dataset(spec: str | Path | None = None, *, image_size: int | None = None) -> DataSplits:
+def load_dataset(
+    spec: str | Path | None = None, *, image_size: int | None = None, skip_bad: bool = False
+) -> DataSplits:
     """Load a data set with its train and test splits.
 
     Args:
@@ -23,6 +25,9 @@ def load_dataset(spec: str | Path | None = None, *, image_size: int | None = Non
             file or folder, a CIFAR folder or archive, an image folder or an
             ``.npz`` file.
         image_size: resize images to this square side (px); None keeps them.
+        skip_bad: image folders: leave out files that cannot be decoded
+            (one warning line on stderr) instead of stopping with an error
+            that lists them.
 
     Raises:
         DataError: the path is missing or in no supported format, or a file is bad.
@@ -36,4 +41,4 @@ def load_dataset(spec: str | Path | None = None, *, image_size: int | None = Non
         if image_size is not None:
             splits = formats.resize_splits(splits, image_size)
         return splits
-    return formats.load_path(name, image_size=image_size)
+    return formats.load_path(name, image_size=image_size, skip_bad=skip_bad)

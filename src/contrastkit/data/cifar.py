@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import pickletools
 import tarfile
 import tempfile
 from collections.abc import Callable, Mapping
@@ -39,6 +40,7 @@ import torch
 
 from contrastkit.data.dataset import DataSplits, ImageDataset
 from contrastkit.errors import DataError
+from contrastkit.paths import join_inside
 
 IMAGE_SHAPE = (3, 32, 32)  # (C, H, W)
 ROW_BYTES = 3 * 32 * 32  # one image per row of b'data'
@@ -194,6 +196,13 @@ def load_pickle(path: Path) -> Any:
     except OSError as e:
         raise DataError(f"{path}: cannot read CIFAR batch ({e.strerror or e})") from e
     try:
+        # Parse every opcode first without running any: a length field that claims more bytes
+        # than the file holds is refused here, before the unpickler would try to allocate them.
+        for _ in pickletools.genops(data):
+            pass
+    except Exception as e:  # ValueError / EOFError / struct.error from malformed opcodes
+        raise DataError(f"{path}: not a valid CIFAR pickle ({type(e).__name__}: {e})") from None
+    try:
         return RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
     except _Refused as e:
         raise DataError(f"{path}: {e}") from None
@@ -332,17 +341,14 @@ def is_cifar(path: Path) -> bool:
     return _resolve_folder(path) is not None or _archive_layout(path) is not None
 
 
-def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
-    """Refuse anything but plain files and folders at relative paths inside the archive."""
+def _check_member(member: tarfile.TarInfo, archive: Path, dest: Path) -> Path:
+    """The extraction target of a plain file or folder at a relative path; anything else is refused."""
     name = member.name
-    parts = PurePosixPath(name.replace("\\", "/")).parts
-    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        raise DataError(f"{archive}: refused archive member '{name}': absolute path")
-    if ".." in parts:
-        raise DataError(f"{archive}: refused archive member '{name}': '..' in path")
+    target = join_inside(dest, name, f"{archive}: archive member")  # absolute, '..', or through a link
     if not (member.isfile() or member.isdir()):
         kind = "link" if member.issym() or member.islnk() else "special file"
         raise DataError(f"{archive}: refused archive member '{name}': a {kind}, not a regular file")
+    return target
 
 
 def extract_archive(archive: Path, dest: Path) -> Path:
@@ -365,11 +371,9 @@ def extract_archive(archive: Path, dest: Path) -> Path:
     try:
         with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()
-            for m in members:
-                _check_member(m, archive)
+            targets = [_check_member(m, archive, dest) for m in members]
             dest.mkdir(parents=True, exist_ok=True)
-            for m in members:
-                target = dest.joinpath(*PurePosixPath(m.name).parts)
+            for m, target in zip(members, targets):
                 if m.isdir():
                     target.mkdir(parents=True, exist_ok=True)
                     continue
@@ -409,6 +413,11 @@ def _load_folder(folder: Path, layout: CifarLayout, origin: Path) -> DataSplits:
         sources.extend(f"{name}:{i}" for i in range(len(x)))
     x_test, y_test = read_batch(folder / layout.test, layout.labels_key)
     x_train = np.concatenate([p[0] for p in parts])  # (N_train, 3, 32, 32)
+    if len(x_train) == 0:
+        names = ", ".join(_train_files(folder, layout))
+        raise DataError(f"{folder}: the training batches ({names}) hold no images")
+    if len(x_test) == 0:
+        raise DataError(f"{folder / layout.test}: the test batch holds no images")
     y_train = np.concatenate([p[1] for p in parts])
     for y, file in ((y_train, layout.train[0]), (y_test, layout.test)):
         if len(y) and (y.min() < 0 or y.max() >= len(class_names)):

@@ -12,6 +12,16 @@ Without train/test folders a deterministic stratified 10 % is held out for
 testing (:func:`held_out_indices`). Hidden files and folders (names starting
 with ``.``) and files with other extensions are ignored.
 
+Bad files (zero bytes, not an image, corrupt or truncated pixel data): every
+image is opened and decoded once while loading, so all bad files are found
+before any training starts. By default loading stops with one
+:class:`~contrastkit.errors.DataError` that lists them (the first
+:data:`BAD_FILES_LISTED`, then a count); with ``skip_bad=True``
+(``--skip-bad``) they are left out, and one warning line on stderr says how
+many and names the first few. The held-out split is drawn from the files whose
+headers read, so skipping a file whose pixel data is damaged only removes that
+file from its split.
+
 Pixels: the data set has 1 channel when every image is grayscale (judged from
 the file headers, before any pixel is decoded), else 3 (RGB). 16-bit images
 are scaled to 8 bits (``round(v * 255 / 65535)``); transparent images are
@@ -20,12 +30,15 @@ composited on a white background, as a browser shows them.
 
 from __future__ import annotations
 
+import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from contrastkit.data.dataset import DataSplits, ImageDataset, held_out_indices
@@ -33,16 +46,32 @@ from contrastkit.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 PROGRESS_MIN_ITEMS = 5000  # show a progress bar (stderr) above this many files
+BAD_FILES_LISTED = 20  # bad files named in the error; the rest are counted ("and N more")
+SKIPPED_FILES_NAMED = 5  # skipped files named in the --skip-bad warning
 
 _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 
 
+def _reason(path: Path, e: BaseException | None) -> str:
+    """Why ``path`` cannot be decoded, in a few words on one line ("empty file", Pillow's reason)."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty file"
+    except OSError as err:
+        return f"cannot read: {err.strerror or err}"
+    if isinstance(e, UnidentifiedImageError):
+        return "not an image file Pillow can read"
+    text = " ".join(str(e).split()) if e is not None else ""
+    return text or type(e).__name__
+
+
 def _decode_error(path: Path, e: Exception) -> DataError:
     """A DataError naming the file and Pillow's reason."""
-    empty = " (empty file)" if path.is_file() and path.stat().st_size == 0 else ""
-    return DataError(f"{path.resolve()}: cannot decode image{empty}: {e}")
+    reason = _reason(path, e)
+    detail = f" ({reason})" if reason == "empty file" else f": {reason}"
+    return DataError(f"{path.resolve()}: cannot decode image{detail}")
 
 
 def _is_gray(im: Image.Image) -> bool:
@@ -59,10 +88,24 @@ def _is_gray(im: Image.Image) -> bool:
     return False
 
 
+@contextmanager
+def _open_image(path: Path) -> Iterator[Image.Image]:
+    """``Image.open`` that refuses images above Pillow's pixel limit (``Image.MAX_IMAGE_PIXELS``).
+
+    Pillow only warns between 1x and 2x the limit; a file whose header claims
+    that many pixels is far larger than any training image and is treated as
+    bad (a possible decompression bomb) instead of allocating the memory.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            yield im
+
+
 def _read_header(path: Path) -> tuple[bool, tuple[int, int]]:
     """(is grayscale, (H, W)) of one image file, without decoding its pixels."""
     try:
-        with Image.open(path) as im:
+        with _open_image(path) as im:
             return _is_gray(im), (im.height, im.width)
     except Exception as e:  # Pillow raises many types (OSError, SyntaxError, ...) on bad files
         raise _decode_error(path, e) from e
@@ -83,7 +126,7 @@ def _convert(im: Image.Image, channels: int) -> Image.Image:
 def _decode(path: Path, channels: int, size: tuple[int, int] | None) -> np.ndarray:
     """Decode one file to uint8 (C, H, W), resized to ``size`` = (H, W) when given."""
     try:
-        with Image.open(path) as im:
+        with _open_image(path) as im:
             im.load()
             out = _convert(im, channels)
     except Exception as e:  # Pillow raises many types (OSError, SyntaxError, ...) on bad files
@@ -247,19 +290,95 @@ def _common_size(files: list[Path], sizes: list[tuple[int, int]]) -> tuple[int, 
     return sizes[0]
 
 
-def _decode_all(files: list[Path], channels: int, size: tuple[int, int], desc: str) -> torch.Tensor:
-    """Decode every file into one uint8 tensor (N, C, H, W)."""
-    out = torch.empty((len(files), channels, *size), dtype=torch.uint8)  # (N, C, H, W)
+def _decode_all(
+    files: list[Path], channels: int, size: tuple[int, int], desc: str, keep: bool, bad: dict[Path, str]
+) -> torch.Tensor | None:
+    """Decode every file; record the ones that fail in ``bad`` (path -> reason).
+
+    Args:
+        files: the files, in item order.
+        channels: 1 or 3.
+        size: (H, W) every image is decoded to.
+        desc: the progress bar's label.
+        keep: return the pixels (uint8 (N, C, H, W); rows of bad files are
+            zeros) or only check that every file decodes (returns None).
+        bad: filled with the files that cannot be decoded.
+    """
+    out = torch.zeros((len(files), channels, *size), dtype=torch.uint8) if keep else None  # (N, C, H, W)
     bar = tqdm(files, desc=desc, disable=len(files) <= PROGRESS_MIN_ITEMS, leave=False)
     for i, path in enumerate(bar):
-        out[i] = torch.from_numpy(_decode(path, channels, size))
+        try:
+            arr = _decode(path, channels, size)
+        except DataError as e:
+            bad[path] = _reason(path, e.__cause__)
+            continue
+        if out is not None:
+            out[i] = torch.from_numpy(arr)
     return out
 
 
+def _listing(root: Path, paths: Sequence[Path], reasons: dict[Path, str] | None, limit: int) -> str:
+    """``"a.png (reason), b/c.png (reason) and 3 more"``: paths relative to ``root``."""
+    def name(p: Path) -> str:
+        try:
+            return p.relative_to(root).as_posix()
+        except ValueError:
+            return str(p)
+
+    shown = [name(p) + (f" ({reasons[p]})" if reasons is not None else "") for p in paths[:limit]]
+    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
+    return ", ".join(shown) + more
+
+
+def bad_files_error(root: Path, bad: dict[Path, str], total: int, skip_bad: bool = False) -> DataError:
+    """The one error that lists the bad files of an image folder (at most :data:`BAD_FILES_LISTED`).
+
+    Args:
+        root: the image folder.
+        bad: path -> reason of every bad file.
+        total: the number of image files found.
+        skip_bad: whether they were being skipped (then too few good files remain).
+    """
+    paths = sorted(bad)
+    advice = (
+        "too few readable images remain" if skip_bad
+        else "remove or fix them, or pass --skip-bad to leave them out"
+    )
+    return DataError(
+        f"{root.resolve()}: {len(paths)} of {total} image files cannot be read: "
+        f"{_listing(root, paths, bad, BAD_FILES_LISTED)}; {advice}"
+    )
+
+
+def _warn_skipped(root: Path, bad: dict[Path, str], total: int) -> None:
+    """One stderr line: how many bad files were skipped, and the first few names."""
+    paths = sorted(bad)
+    print(
+        f"warning: {root}: skipped {len(paths)} of {total} image files that cannot be read "
+        f"(--skip-bad): {_listing(root, paths, None, SKIPPED_FILES_NAMED)}",
+        file=sys.stderr,
+    )
+
+
+def _read_headers(files: list[Path], bad: dict[Path, str]) -> dict[Path, tuple[bool, tuple[int, int]]]:
+    """(is grayscale, (H, W)) of every file whose header reads; the others go into ``bad``."""
+    quiet = len(files) <= PROGRESS_MIN_ITEMS
+    headers: dict[Path, tuple[bool, tuple[int, int]]] = {}
+    for p in tqdm(files, desc="reading headers", disable=quiet, leave=False):
+        try:
+            headers[p] = _read_header(p)
+        except DataError as e:
+            bad[p] = _reason(p, e.__cause__)
+    return headers
+
+
 def load_folder(
-    root: Path, image_size: int | None = None, max_in_memory_bytes: int = 2 << 30
+    root: Path,
+    image_size: int | None = None,
+    max_in_memory_bytes: int = 2 << 30,
+    skip_bad: bool = False,
 ) -> DataSplits:
-    """Read an image folder (layouts in the module docstring).
+    """Read an image folder (layouts and bad-file handling in the module docstring).
 
     Args:
         root: the folder.
@@ -267,10 +386,21 @@ def load_folder(
             (bilinear, antialiased); None requires all images to share a size.
         max_in_memory_bytes: decode everything into memory when the decoded
             uint8 pixels of both splits fit in this many bytes; otherwise the
-            splits hold :class:`LazyFolderImages` that decode on demand.
+            splits hold :class:`LazyFolderImages` that decode on demand (every
+            file is still decoded once while loading, to find bad files).
+        skip_bad: leave out files that cannot be decoded (one warning line on
+            stderr) instead of stopping with an error that lists them.
 
     Returns:
-        The train and test splits; sources are paths relative to ``root``.
+        The train and test splits; sources are paths relative to ``root``;
+        ``info["skipped"]`` is the number of bad files left out (as a string)
+        when ``skip_bad`` skipped any.
+
+    Raises:
+        DataError: no images, a layout problem, images of differing sizes
+            without ``image_size``, or (without ``skip_bad``) files that cannot
+            be decoded: one error naming them all (up to
+            :data:`BAD_FILES_LISTED`).
     """
     root = Path(root)
     check_image_size(image_size)
@@ -290,17 +420,24 @@ def load_folder(
             if tr_labels is None:
                 kinds.reverse()
             raise DataError(f"{root}: {train_dir.name} has {kinds[0]} but {test_dir.name} has {kinds[1]}")
-    files = tr_files + te_files
-    quiet = len(files) <= PROGRESS_MIN_ITEMS
-    headers = [_read_header(p) for p in tqdm(files, desc="reading headers", disable=quiet, leave=False)]
-    channels = 1 if all(gray for gray, _ in headers) else 3
+    total = len(tr_files) + len(te_files)
+    bad: dict[Path, str] = {}
+    headers = _read_headers(tr_files + te_files, bad)
+    tr_files, tr_labels = _without(tr_files, tr_labels, bad)
+    te_files, te_labels = _without(te_files, te_labels, bad)
+    good = tr_files + te_files
+    if not good:
+        raise bad_files_error(root, bad, total, skip_bad)
+    channels = 1 if all(headers[p][0] for p in good) else 3
     if image_size is not None:
         size = (image_size, image_size)
     else:
-        size = _common_size(files, [s for _, s in headers])
+        size = _common_size(good, [headers[p][1] for p in good])
 
     if test_dir is None:
         if len(tr_files) < 2:
+            if bad:
+                raise bad_files_error(root, bad, total, skip_bad)
             raise DataError(f"{root}: holds 1 image; need at least 2 to hold some out for testing")
         y = None if tr_labels is None else torch.tensor(tr_labels, dtype=torch.int64)
         tr_idx, te_idx = held_out_indices(len(tr_files), y)
@@ -309,14 +446,23 @@ def load_folder(
         tr_files = [tr_files[i] for i in tr_idx]
         tr_labels = None if tr_labels is None else [tr_labels[i] for i in tr_idx]
 
-    lazy = len(files) * channels * size[0] * size[1] > max_in_memory_bytes
+    lazy = len(good) * channels * size[0] * size[1] > max_in_memory_bytes
+    decoded = {
+        split: _decode_all(files, channels, size, f"decoding {split}", not lazy, bad)
+        for split, files in (("train", tr_files), ("test", te_files))
+    }
+    if bad and not skip_bad:
+        raise bad_files_error(root, bad, total)
 
     def make(split_files: list[Path], labels: list[int] | None, split: str) -> ImageDataset:
+        keep = [i for i, p in enumerate(split_files) if p not in bad]
+        split_files, labels = _without(split_files, labels, bad)
         images: torch.Tensor | LazyFolderImages
-        if lazy:
+        pixels = decoded[split]
+        if pixels is None:
             images = LazyFolderImages(split_files, channels, size)
         else:
-            images = _decode_all(split_files, channels, size, f"decoding {split}")
+            images = pixels if len(keep) == len(pixels) else pixels[keep]  # (N, C, H, W)
         return ImageDataset(
             images=images,
             labels=None if labels is None else torch.tensor(labels, dtype=torch.int64),
@@ -325,4 +471,18 @@ def load_folder(
             name=f"{root.name}:{split}",
         )
 
-    return DataSplits(train=make(tr_files, tr_labels, "train"), test=make(te_files, te_labels, "test"))
+    splits = DataSplits(train=make(tr_files, tr_labels, "train"), test=make(te_files, te_labels, "test"))
+    if bad:
+        if len(splits.train) == 0:
+            raise bad_files_error(root, bad, total, skip_bad)
+        _warn_skipped(root, bad, total)
+        splits.info = {"skipped": str(len(bad))}
+    return splits
+
+
+def _without(
+    files: list[Path], labels: list[int] | None, bad: dict[Path, str]
+) -> tuple[list[Path], list[int] | None]:
+    """``files`` and their ``labels`` without the bad files."""
+    keep = [i for i, p in enumerate(files) if p not in bad]
+    return [files[i] for i in keep], None if labels is None else [labels[i] for i in keep]

@@ -79,8 +79,8 @@ def _unknown(path: Path) -> DataError:
     return DataError(f"{path}: unrecognised data format; accepted formats:{listing}")
 
 
-def _read(path: Path, image_size: int | None) -> tuple[DataSplits, str]:
-    """(splits, format name) for an existing path."""
+def _read(path: Path, image_size: int | None, skip_bad: bool = False) -> tuple[DataSplits, str]:
+    """(splits, format name) for an existing path; ``skip_bad`` applies to image folders."""
     cifar = _cifar()
     if path.is_file():
         if path.suffix.lower() == ".npz":
@@ -99,7 +99,7 @@ def _read(path: Path, image_size: int | None) -> tuple[DataSplits, str]:
     if _has_idx_files(path):
         return load_idx_dir(path), "idx"
     if looks_like_image_folder(path):
-        return load_folder(path, image_size=image_size), "folder"
+        return load_folder(path, image_size=image_size, skip_bad=skip_bad), "folder"
     raise _unknown(path)
 
 
@@ -140,13 +140,17 @@ def resize_splits(splits: DataSplits, size: int) -> DataSplits:
     )
 
 
-def load_path(path: str | Path, *, image_size: int | None = None) -> DataSplits:
+def load_path(path: str | Path, *, image_size: int | None = None, skip_bad: bool = False) -> DataSplits:
     """Read a data set in any supported format (see the module docstring).
 
     Args:
         path: a file or folder.
         image_size: resize every image to ``image_size`` x ``image_size``, or
             None to keep the stored size.
+        skip_bad: image folders only: leave out image files that cannot be
+            decoded (reported on stderr) instead of stopping with an error
+            that lists them. Array formats (IDX, CIFAR, .npz) have no per-item
+            files to skip; a bad file there is always an error.
 
     Returns:
         The train and test splits, with ``info["format"]`` (``"npz"``,
@@ -161,7 +165,7 @@ def load_path(path: str | Path, *, image_size: int | None = None) -> DataSplits:
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{path}: does not exist")
-    splits, fmt = _read(path, image_size)
+    splits, fmt = _read(path, image_size, skip_bad)
     if image_size is not None and fmt != "folder":
         splits = resize_splits(splits, image_size)
     splits.info = {**splits.info, "format": fmt, "path": str(path)}

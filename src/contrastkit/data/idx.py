@@ -10,6 +10,7 @@ compressed; compression is recognised by its magic bytes, not by the name.
 from __future__ import annotations
 
 import gzip
+import math
 import re
 import struct
 import zlib
@@ -74,7 +75,7 @@ def _read_idx(path: str | Path, ndim: int, what: str) -> np.ndarray:
     if len(data) < header:
         raise DataError(f"{path}: truncated IDX header ({len(data)} bytes, need {header})")
     dims = struct.unpack(f">{ndim}I", data[4:header])
-    expected = int(np.prod(dims, dtype=np.int64))
+    expected = math.prod(dims)  # exact: a product of three uint32 sizes can overflow int64
     actual = len(data) - header
     if actual < expected:
         raise DataError(

@@ -13,7 +13,6 @@ are ambiguous, and they are read as channels-last. 3-D arrays are grayscale
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +38,8 @@ def _get(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray | No
                 "to unpickle (allow_pickle=False); save plain numeric or string arrays"
             ) from e
         raise DataError(f"{path}: cannot read key '{key}' ({e})") from e
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path}: cannot read key '{key}' ({e})") from e
+    except Exception as e:  # untrusted bytes: zlib.error, NotImplementedError (compression), EOFError, ...
+        raise DataError(f"{path}: cannot read key '{key}' ({type(e).__name__}: {e})") from e
 
 
 def to_nchw_uint8(x: np.ndarray, where: str) -> torch.Tensor:
@@ -131,8 +130,8 @@ def load_npz(path: Path) -> DataSplits:
     path = Path(path)
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path}: cannot read as .npz ({e})") from e
+    except Exception as e:  # untrusted bytes: BadZipFile, ValueError, EOFError, struct.error, ...
+        raise DataError(f"{path}: cannot read as .npz ({type(e).__name__}: {e})") from e
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise DataError(
             f"{path}: is a single .npy array, not an .npz archive; "
