@@ -8,7 +8,13 @@ classes), so loading one from a stranger cannot run code. Layout::
     data         {"channels", "image_size", "mean", "std", "num_classes", "class_names"}
     model        method.state_dict()
     epoch        epochs completed (an epoch in progress is recorded by `step_in_epoch`)
-    ...          training state (optimiser, RNG states, history) in last.pt only
+    ...          training state (optimiser, RNG states, history) in last.pt only;
+                 a distributed run also stores ``world_size`` and, inside an
+                 epoch, ``aug_rng_ranks`` (every rank's augmentation state)
+
+Only rank 0 of a distributed run writes checkpoints; they hold the plain
+method's state dict (no DistributedDataParallel ``module.`` prefix, and
+SyncBatchNorm has BatchNorm's keys), so any run loads in one process.
 """
 
 from __future__ import annotations

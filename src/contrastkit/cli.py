@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -87,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--data", default=None, help="data set to embed (default: the run's own)")
     embed.add_argument("--out", type=Path, default=None, help="output folder (default: the run folder)")
     embed.add_argument("--batch-size", type=int, default=512, help="images per forward pass (default: 512)")
+    embed.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=None,
+                       help="image folders: leave out image files that cannot be decoded instead of stopping with "
+                       "an error that lists them (default: as the run was trained)")
 
     evaluate = sub.add_parser(
         "evaluate", help="kNN and linear-probe accuracy against baselines",
@@ -100,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--baseline", choices=("supervised",), default=None,
         help="also train the same backbone with labels on the same budget and report it beside the SSL figures",
     )
+    evaluate.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=None,
+                          help="with --data, an image folder: leave out image files that cannot be decoded instead "
+                          "of stopping with an error that lists them (default: as the run was trained)")
     evaluate.add_argument("--json", action="store_true", help="print metrics.json instead of the table")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -137,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
         "SpectralClustering on the symmetric kNN graph; slower, for non-convex clusters) (default: kmeans)",
     )
     label.add_argument(
+        "--kmeans-backend", choices=("auto", "sklearn", "faiss"), default="auto",
+        help="with --algorithm kmeans: sklearn (float64, all items), faiss (spherical k-means on FAISS, float32, "
+        "a sample of up to 500k items, for millions of embeddings) or auto: faiss above 200k items (default: auto)",
+    )
+    label.add_argument(
         "--neighbors", type=int, default=10,
         help="k of the kNN graph (spectral, propagation) and of the kNN vote among seeds (default: 10)",
     )
@@ -152,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
         "index", help="build the similar-image search index (FAISS) of a run's embeddings",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Build a FAISS index of the L2-normalised embeddings (inner product = cosine similarity;\n"
-        f"embeds first when embeddings.npy is missing). Exact (IndexFlatIP) up to {ix.EXACT_MAX_ITEMS} items, IVF above;\n"
+        f"embeds first when embeddings.npy is missing). Exact (IndexFlatIP) up to {ix.EXACT_MAX_ITEMS} items, IVF above,\n"
+        f"IVF-PQ when the float32 vectors would exceed {ix.FLOAT_INDEX_MAX_BYTES / 2**30:g} GiB (about 1M x 512);\n"
         "an approximate index is tuned until its recall@10 against exact search, measured on a sample of\n"
         "items as queries, reaches --target-recall.\n\n"
         "Writes into the run folder:\n"
@@ -162,8 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("run", type=Path, help="run folder (or any folder with embeddings.npy and items.csv)")
     index.add_argument(
         "--kind", choices=ix.KINDS, default="auto",
-        help="flat (exact), ivf (IndexIVFFlat, nlist ~ 4*sqrt(N)), hnsw (IndexHNSWFlat), or auto: flat up to "
-        f"{ix.EXACT_MAX_ITEMS} items, ivf above (default: auto)",
+        help="flat (exact), ivf (IndexIVFFlat, nlist ~ 4*sqrt(N)), ivfpq (IndexIVFPQ: 1 byte per 8 dimensions, "
+        "candidates re-scored exactly from embeddings.npy), hnsw (IndexHNSWFlat), or auto: flat up to "
+        f"{ix.EXACT_MAX_ITEMS} items, ivf above, ivfpq above {ix.FLOAT_INDEX_MAX_BYTES / 2**30:g} GiB of float32 "
+        "vectors (default: auto)",
     )
     index.add_argument("--nprobe", type=int, default=None,
                        help="IVF cells visited per query (default: the smallest power of two reaching --target-recall)")
@@ -253,7 +268,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from contrastkit.train import fit
 
     config, out = _config_from_args(args)
-    data = load_dataset(config.data, image_size=config.image_size)
+    data = load_dataset(config.data, image_size=config.image_size, skip_bad=config.skip_bad)
     method = build_method(config, data.train.shape[0], data.train.num_classes)
     result = fit(method, data, config, out, resume=args.resume, progress=not args.quiet)
     best = f"{result.best_knn:.2%}" if result.best_knn is not None else "n/a (no labels)"
@@ -268,7 +283,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    emb = embed_run(args.run, data_spec=args.data, out_dir=args.out, batch_size=args.batch_size)
+    emb = embed_run(args.run, data_spec=args.data, out_dir=args.out, batch_size=args.batch_size,
+                    skip_bad=args.skip_bad)
     out = args.out or args.run
     print(f"wrote {out / 'embeddings.npy'} ({emb.features.shape[0]} x {emb.features.shape[1]} float32), "
           f"{out / 'items.csv'}, {out / 'meta.json'}")
@@ -282,7 +298,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     data = None
     if args.data is not None:
         config = TrainConfig.load(args.run / "config.json")
-        data = load_dataset(args.data, image_size=config.image_size)
+        skip_bad = config.skip_bad if args.skip_bad is None else args.skip_bad
+        data = load_dataset(args.data, image_size=config.image_size, skip_bad=skip_bad)
     metrics = evaluate_run(args.run, data=data, baseline=args.baseline, progress=not args.quiet)
     if args.json:
         print(json.dumps(metrics, indent=2))
@@ -300,6 +317,7 @@ def _cmd_label(args: argparse.Namespace) -> int:
     m = label_run(
         args.run, clusters=args.clusters, algorithm=args.algorithm, seed_labels=args.seed_labels,
         out_dir=args.out, montages=not args.no_montage, neighbors=args.neighbors, seed=args.seed,
+        kmeans_backend=args.kmeans_backend,
     )
     out = args.out or args.run
     truth = m.get("ground_truth")
@@ -335,6 +353,8 @@ def _cmd_index(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     params = {"ivf": f" (nlist {info.get('nlist')}, nprobe {info.get('nprobe')})",
+              "ivfpq": f" (nlist {info.get('nlist')}, nprobe {info.get('nprobe')}, {info.get('code_bytes')} bytes per "
+                       f"vector, re-ranking {info.get('rerank')}x)",
               "hnsw": f" (M {info.get('hnsw_m')}, ef_search {info.get('ef_search')})"}.get(info["kind"], "")
     print(f"{info['kind']} index{params} of {info['count']} x {info['dim']} embeddings in {info['build_seconds']:.1f} s")
     if info["kind"] == "flat":
@@ -388,8 +408,22 @@ COMMANDS = {"train": _cmd_train, "embed": _cmd_embed, "evaluate": _cmd_evaluate,
             "index": _cmd_index, "search": _cmd_search, "visualize": _cmd_visualize, "report": _cmd_report}
 
 
+def _quiet_other_ranks() -> None:
+    """Under torchrun, all but rank 0 (``RANK`` in the environment) send standard output to the null device.
+
+    Every process runs the same command, so the summary lines are printed
+    once (DINO's ``setup_for_distributed`` does the same with ``print``).
+    Standard error stays open on every rank: errors from any process show.
+    """
+    from contrastkit.distributed import env_rank
+
+    if env_rank() != 0:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``contrastkit`` console script."""
+    """Entry point of the ``contrastkit`` console script and of ``python -m contrastkit`` (also under torchrun)."""
+    _quiet_other_ranks()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

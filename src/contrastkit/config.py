@@ -41,6 +41,7 @@ class TrainConfig:
     data: str | None = _field(None, "data set: a built-in name (default, fashion-mnist, cifar10, cifar100, digits, ...) or a path to IDX files, CIFAR batches, an image folder or an .npz; omitted = the embedded Fashion-MNIST subset (10k train / 2k test)")
     image_size: int | None = _field(None, "side of the square training views in px; omitted = the images' own size")
     crop_min_scale: float | None = _field(None, "smallest area fraction of the random resized crop, in (0, 1]; omitted = the recipe's default for the image size (0.5 for small grayscale, 0.08 for RGB)")
+    skip_bad: bool = _field(False, "image folders: leave out image files that cannot be decoded (empty, not an image, corrupt or truncated) and say how many on stderr; off = stop with one error listing them")
 
     # --- model ---
     method: str = _field("simclr", "training method: simclr (NT-Xent), pairwise (margin contrastive loss), supcon (needs labels), supervised (baseline, needs labels), barlowtwins (cross-correlation to identity), vicreg (variance-invariance-covariance), simsiam (predictor + stop-gradient), byol (predictor + EMA target), moco (MoCo v2: momentum key encoder + queue of negatives), nnclr (nearest neighbour from a support queue as positive), dino (self-distillation to an EMA teacher with centring, sharpening and multi-crop)")
@@ -67,7 +68,7 @@ class TrainConfig:
 
     # --- optimisation ---
     epochs: int = _field(30, "passes over the training split")
-    batch_size: int = _field(128, "images per step (each gives 2 views); larger batches give NT-Xent more negatives but fewer steps per epoch")
+    batch_size: int = _field(128, "images per step (each gives 2 views); larger batches give NT-Xent more negatives but fewer steps per epoch. Under torchrun this is the global batch, split evenly over the processes (must be divisible by their number), and losses see the whole global batch")
     optimizer: str = _field("adamw", "adamw (robust at small batches) or lars (SimCLR's choice for large batches)")
     lr: float | None = _field(None, "peak learning rate after warm-up; omitted = 2e-3 for adamw, 0.3 x batch/256 for lars (SimCLR)")
     weight_decay: float | None = _field(None, "weight decay, never applied to biases and norms; omitted = 5e-4 for adamw, 1e-6 for lars")
@@ -83,6 +84,7 @@ class TrainConfig:
     monitor_queries: int = _field(2000, "held-out images classified by the kNN monitor each epoch")
     knn_k: int = _field(20, "neighbours of the kNN monitor (cosine similarity, majority vote)")
     checkpoint_minutes: float = _field(5.0, "also checkpoint inside an epoch at this interval, in minutes")
+    sync_bn: bool = _field(False, "under torchrun on CUDA GPUs: batch-norm statistics over the global batch (SyncBatchNorm; SimCLR's global BN, arXiv 2002.05709 Sec. 2.3) instead of each process's share; costs a collective per BN layer. PyTorch's SyncBatchNorm does not run on CPUs; a single process ignores it")
 
 
     def __post_init__(self) -> None:

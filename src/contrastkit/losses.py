@@ -979,12 +979,22 @@ class DINOLoss(nn.Module):
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(out_dim))  # (K,)
 
-    def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
-        """Loss of the student's views against the teacher's global views; then the centre update (training only)."""
+    def forward(self, student: Tensor, teacher: Tensor, center_source: Tensor | None = None) -> Tensor:
+        """Loss of the student's views against the teacher's global views; then the centre update (training only).
+
+        Args:
+            student: Student logits (V, N, K).
+            teacher: Teacher logits (G, N, K).
+            center_source: Teacher logits (..., K) the centre moves towards the
+                mean of; default ``teacher``. Under data parallelism the
+                caller passes the batch mean all-reduced over the ranks, shape
+                (1, K), as the paper's code does.
+        """
         loss = dino_loss(student, teacher, self.center.clone(), self.student_temp, self.teacher_temp)
         if self.training:
             with torch.no_grad():
-                self.center.copy_(dino_center_update(self.center, teacher, self.center_momentum))
+                source = teacher if center_source is None else center_source
+                self.center.copy_(dino_center_update(self.center, source, self.center_momentum))
         return loss
 
     def extra_repr(self) -> str:

@@ -12,6 +12,18 @@ Every method has the same contract (MoCo's ``builder.py``, timm's
 - ``after_step(step, total_steps)`` runs after every optimiser step (EMA
   targets, queues).
 The training loop knows nothing else about a method.
+
+Data parallelism (torchrun, see :mod:`contrastkit.distributed`): ``views``
+hold this process's share of the global batch. Methods whose loss couples
+the batch pass their embeddings through
+:func:`~contrastkit.distributed.gather_batch` before the loss, so negatives
+and batch statistics are those of the global batch (SimCLR, arXiv
+2002.05709, Sec. 2 and Appendix B); the gather's backward makes DDP's
+averaged gradient equal the single-process one. Per-sample losses (BYOL,
+SimSiam, MoCo against its queue, DINO, supervised) need no gather. Queues
+enqueue the gathered keys and DINO's centre moves with the all-reduced
+batch mean, so these buffers stay identical on every rank. In a single
+process all of this is the identity.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contrastkit.config import TrainConfig
+from contrastkit.distributed import all_gather_tensor, all_reduce_mean, gather_batch
 from contrastkit.errors import ConfigError
 from contrastkit.losses import (
     BarlowTwinsLoss,
@@ -88,7 +101,12 @@ def _project_views(backbone: nn.Module, head: nn.Module, views: list[torch.Tenso
 
 
 class SimCLR(Method):
-    """SimCLR (Chen et al. 2020, arXiv 2002.05709): projection MLP + NT-Xent over two views."""
+    """SimCLR (Chen et al. 2020, arXiv 2002.05709): projection MLP + NT-Xent over two views.
+
+    Under data parallelism the projections of every rank are gathered first,
+    so each image has the 2(N - 1) negatives of the global batch of N
+    (Sec. 2 and Appendix B.1, "we aggregate ... over all devices").
+    """
 
     def __init__(self, backbone: nn.Module, config: TrainConfig) -> None:
         super().__init__(backbone)
@@ -96,7 +114,7 @@ class SimCLR(Method):
         self.loss = NTXentLoss(config.temperature)
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        z1, z2 = _project_views(self.backbone, self.head, views)
+        z1, z2 = gather_batch(*_project_views(self.backbone, self.head, views))  # (W B, proj_dim) each
         loss = self.loss(z1, z2)
         return loss, {"loss": float(loss.detach())}
 
@@ -115,7 +133,7 @@ class PairwiseMargin(Method):
         self.loss = PairwiseMarginLoss(config.margin, config.distance)
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        z1, z2 = (F.normalize(z.float(), dim=1) for z in _project_views(self.backbone, self.head, views))
+        z1, z2 = (F.normalize(z.float(), dim=1) for z in gather_batch(*_project_views(self.backbone, self.head, views)))
         loss = self.loss(z1, z2)
         return loss, {"loss": float(loss.detach())}
 
@@ -134,7 +152,8 @@ class SupCon(Method):
         if labels is None:
             raise ConfigError("method 'supcon' needs labels; use a labelled data set or --method simclr")
         z = torch.stack(_project_views(self.backbone, self.head, views), dim=1)  # (B, V, proj_dim)
-        loss = self.loss(z, labels)
+        (z,) = gather_batch(z)  # (W B, V, proj_dim): the global batch
+        loss = self.loss(z, all_gather_tensor(labels))
         return loss, {"loss": float(loss.detach())}
 
 
@@ -233,7 +252,7 @@ class BarlowTwins(Method):
         self.loss = BarlowTwinsLoss(lam)
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        z1, z2 = _project_views(self.backbone, self.head, views[:2])
+        z1, z2 = gather_batch(*_project_views(self.backbone, self.head, views[:2]))  # batch statistics of the global batch
         loss = self.loss(z1, z2)
         return loss, {"loss": float(loss.detach())}
 
@@ -247,14 +266,18 @@ class VICReg(Method):
         self.loss = VICRegLoss(config.vicreg_sim_weight, config.vicreg_var_weight, config.vicreg_cov_weight)
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        z1, z2 = _project_views(self.backbone, self.head, views[:2])
+        z1, z2 = gather_batch(*_project_views(self.backbone, self.head, views[:2]))  # batch statistics of the global batch
         inv, var, cov = self.loss.terms(z1, z2)
         loss = self.loss.sim_weight * inv + self.loss.var_weight * var + self.loss.cov_weight * cov
         return loss, {"loss": float(loss.detach()), "invariance": float(inv.detach()), "variance": float(var.detach()), "covariance": float(cov.detach())}
 
 
 class SimSiam(Method):
-    """SimSiam (Chen & He 2020, arXiv 2011.10566): projector + predictor, stop-gradient, symmetric negative cosine."""
+    """SimSiam (Chen & He 2020, arXiv 2011.10566): projector + predictor, stop-gradient, symmetric negative cosine.
+
+    The loss is a mean of per-image terms: under data parallelism each rank's
+    mean over its share, averaged by DDP, is the global one; no gather.
+    """
 
     def __init__(self, backbone: nn.Module, config: TrainConfig) -> None:
         super().__init__(backbone)
@@ -275,7 +298,8 @@ class BYOL(Method):
     The target (``target_backbone``, ``target_head``) starts as a copy of the
     online backbone and projector, never receives gradients, lives in the
     state dict, and is updated in :meth:`after_step` with tau following
-    :func:`cosine_momentum` from ``--momentum`` to 1.
+    :func:`cosine_momentum` from ``--momentum`` to 1. The loss is a mean of
+    per-image terms, so under data parallelism it needs no gather.
     """
 
     def __init__(self, backbone: nn.Module, config: TrainConfig) -> None:
@@ -312,6 +336,9 @@ class MoCo(Method):
     forward: the same sequence of weights). The loss is symmetrised (each
     view is once the query and once the key, averaged); after the loss the
     keys of both views (2B per step) are enqueued, in training mode only.
+    Under data parallelism the loss is per query and needs no gather, and
+    the gathered keys of every rank are enqueued (first views, then second
+    views, each in rank order, as one process with the global batch would).
     """
 
     def __init__(self, backbone: nn.Module, config: TrainConfig) -> None:
@@ -330,7 +357,7 @@ class MoCo(Method):
         negatives = self.queue.vectors.clone()  # the push below must not change what backward reads
         loss = 0.5 * (self.loss(q1, k2, negatives) + self.loss(q2, k1, negatives))
         if self.training:
-            self.queue.push(torch.cat([k1, k2]))
+            self.queue.push(torch.cat(gather_batch(k1, k2)))  # (2 W B, proj_dim)
         return loss, {"loss": float(loss.detach())}
 
     @torch.no_grad()
@@ -345,7 +372,10 @@ class NNCLR(Method):
 
     Projector + predictor; the support set is a :class:`FeatureQueue` of
     ``--queue-size`` projections, and the first views' projections of each
-    batch are enqueued after the loss (training mode only).
+    batch are enqueued after the loss (training mode only). Under data
+    parallelism projections and predictions are gathered first: the other
+    predictions of the global batch are the negatives, and the global batch
+    is enqueued.
     """
 
     def __init__(self, backbone: nn.Module, config: TrainConfig) -> None:
@@ -358,6 +388,7 @@ class NNCLR(Method):
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         z1, z2 = _project_views(self.backbone, self.head, views[:2])
         p1, p2 = self.predictor(torch.cat([z1, z2])).split(z1.shape[0])  # (B, proj_dim) each
+        z1, z2, p1, p2 = gather_batch(z1, z2, p1, p2)  # (W B, proj_dim) each
         loss = self.loss(z1, z2, p1, p2, self.support.vectors.clone())
         if self.training:
             self.support.push(z1)
@@ -393,7 +424,9 @@ class DINO(Method):
     student those and ``--local-views`` small local crops (multi-crop); the
     loss (:class:`DINOLoss`, Eq. 1 and 3) is the cross-entropy from the
     centred, sharpened teacher to the student over every pair of different
-    views, and the centre (``loss.center``) moves after each training forward.
+    views, and the centre (``loss.center``) moves after each training forward,
+    towards the teacher's batch mean all-reduced over the ranks under data
+    parallelism (Eq. 4; the loss itself is per image and needs no gather).
 
     Not taken from the paper: the teacher-temperature warm-up (0.04 to 0.07
     over 30 epochs; the paper's code defaults to a constant 0.04, which is
@@ -417,7 +450,8 @@ class DINO(Method):
         student = _forward_by_size(self.backbone, self.head, views)  # (V, B, K)
         with torch.no_grad():
             teacher = _forward_by_size(self.teacher_backbone, self.teacher_head, views[: self.num_views])  # (2, B, K)
-        loss = self.loss(student, teacher)
+            batch_mean = all_reduce_mean(teacher.float().reshape(-1, teacher.shape[-1]).mean(dim=0))  # (K,)
+        loss = self.loss(student, teacher, center_source=batch_mean[None])
         return loss, {"loss": float(loss.detach())}
 
     @torch.no_grad()

@@ -99,8 +99,29 @@ class Runtime:
     channels_last: bool
 
     @classmethod
-    def create(cls, device: str, precision: str, channels_last: bool) -> "Runtime":
+    def create(cls, device: str, precision: str, channels_last: bool, local_rank: int | None = None) -> "Runtime":
+        """Resolve ``--device`` and ``--precision``.
+
+        Args:
+            device: auto, cpu, cuda or mps.
+            precision: auto, bf16, fp16 or fp32.
+            channels_last: NHWC memory format.
+            local_rank: under torchrun, this process's index on its machine
+                (``LOCAL_RANK``): a CUDA device becomes ``cuda:<local_rank>``
+                and is made the current one, so each process has its own GPU.
+
+        Raises:
+            ConfigError: the device is unavailable, or ``local_rank`` names a
+                GPU this machine does not have.
+        """
         dev = resolve_device(device)
+        if local_rank is not None and dev.type == "cuda":
+            count = torch.cuda.device_count()
+            if not 0 <= local_rank < count:
+                raise ConfigError(f"process LOCAL_RANK={local_rank} needs GPU {local_rank}, but {count} GPU(s) are "
+                                  f"visible; start at most {count} processes per machine (torchrun --nproc-per-node {count})")
+            dev = torch.device("cuda", local_rank)
+            torch.cuda.set_device(dev)
         return cls(dev, resolve_precision(precision, dev), channels_last)
 
     def autocast(self) -> ContextManager:
@@ -112,4 +133,4 @@ class Runtime:
 
     def describe(self) -> str:
         dtype = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
-        return f"{self.device.type} {dtype}{' channels_last' if self.channels_last else ''}"
+        return f"{self.device} {dtype}{' channels_last' if self.channels_last else ''}"

@@ -12,6 +12,20 @@ epoch stores the step reached and the augmentation generator's state, so a
 run killed at any moment and resumed from ``last.pt`` takes exactly the steps
 an uninterrupted run would have taken and ends with the same weights.
 
+Distributed data parallel (``torchrun --nproc-per-node N -m contrastkit
+train ...``, see :mod:`contrastkit.distributed`): ``--batch-size`` is the
+global batch. Every rank walks the same epoch permutation and takes its
+contiguous block of ``batch_size / N`` items of each global batch, so the
+steps, the schedule and the union of the ranks' batches are those of a
+single process; methods gather embeddings so their losses see the global
+batch, and DistributedDataParallel averages the gradients. Augmentations
+differ per rank (generator seeded from seed, epoch and rank; rank 0's stream
+is the single-process one) and stay deterministic; a checkpoint inside an
+epoch stores every rank's generator state, so a resume with the same number
+of processes is exact too. Rank 0 alone shows progress, runs the kNN monitor
+and writes the run folder; every rank reads ``last.pt`` on resume (multi-node
+runs need ``--out`` on a shared file system to resume).
+
 Run folder::
 
     config.json          the TrainConfig
@@ -23,6 +37,7 @@ Run folder::
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import random
@@ -34,8 +49,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from contrastkit import distributed
 from contrastkit.atomic import atomic_write_text
 from contrastkit.augment import AugmentConfig, ViewAugment, channel_stats, default_recipe
 from contrastkit.checkpoint import load_checkpoint, save_checkpoint
@@ -66,8 +84,18 @@ def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The shuffled item order of one epoch: a pure function of (seed, epoch)."""
+    """The shuffled item order of one epoch: a pure function of (seed, epoch), the same on every rank."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch, 1)))
+
+
+def augment_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """Seed of rank ``rank``'s augmentation generator at the start of epoch ``epoch``.
+
+    Rank 0's is the single-process seed; other ranks get other streams (the
+    rank term, a multiple of a prime coprime to the epoch's, never collides
+    with another epoch of the same run below 7919 ranks).
+    """
+    return _epoch_seed(seed, epoch, 2 + 104_729 * rank)
 
 
 def data_info(train: ImageDataset, config: TrainConfig) -> dict[str, Any]:
@@ -194,6 +222,41 @@ def _write_log(run_dir: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_text(run_dir / "log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
 
 
+def _agree(loss: torch.Tensor, logged: float, want_save: bool, world: int) -> tuple[float, bool]:
+    """What every rank must agree on after a forward, in one all-reduce.
+
+    Returns:
+        The loss to log and check, averaged over ranks (the global-batch loss:
+        equal on every rank for gathered losses, the mean of the ranks' means
+        for per-image ones), so a NaN on any rank stops them all together; and
+        whether rank 0, whose clock alone decides, wants a checkpoint now.
+    """
+    if world == 1:
+        return (logged if bool(torch.isfinite(loss)) else float(loss.detach())), want_save
+    stats = torch.stack([loss.detach().float(), torch.tensor(float(want_save), device=loss.device)])
+    stats = distributed.all_reduce_sum(stats)
+    return float(stats[0]) / world, bool(stats[1] > 0)
+
+
+def _no_buffer_sync() -> dict[str, bool]:
+    """DistributedDataParallel's option not to broadcast buffers before every forward, in this torch's spelling."""
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": False}  # torch >= 2.13 (buffers are still synced once, at wrapping)
+    return {"broadcast_buffers": False}
+
+
+def _resumed_augment_state(state: dict[str, Any], rank: int, world: int) -> torch.Tensor | None:
+    """This rank's augmentation generator state from a mid-epoch checkpoint; None when its world size differs."""
+    saved_world = int(state.get("world_size", 1))
+    if saved_world != world:
+        if rank == 0:
+            tqdm.write(f"note: the checkpoint was written inside an epoch by {saved_world} process(es) and this run has "
+                       f"{world}: the rest of that epoch gets other augmentations than an uninterrupted run", file=sys.stderr)
+        return None
+    # A copy: Generator.set_state reads a row of the (world, bytes) tensor wrongly (a crash in torch 2.13).
+    return state["aug_rng_ranks"][rank].clone() if world > 1 else state["aug_rng"]
+
+
 def fit(
     method: Method,
     data: DataSplits,
@@ -205,8 +268,17 @@ def fit(
 ) -> FitResult:
     """Train ``method`` on ``data.train`` as ``config`` says, writing the run folder.
 
+    Under torchrun (``WORLD_SIZE`` > 1 in the environment) this process joins
+    the process group (NCCL on CUDA, each rank on GPU ``LOCAL_RANK``; gloo on
+    CPUs) and leaves it at the end; inside a process group the caller set up,
+    it uses that one. Then ``config.batch_size`` is the global batch, split
+    evenly over the ranks; the method runs wrapped in
+    DistributedDataParallel (with SyncBatchNorm if ``config.sync_bn``); only
+    rank 0 shows progress, runs the kNN monitor and writes files. Every rank
+    returns the same history.
+
     Args:
-        method: a freshly built method (see ``build_method``).
+        method: a freshly built method (see ``build_method``), the same on every rank.
         data: train split for training, test split for the kNN monitor.
         config: the run's configuration (saved as config.json).
         run_dir: output folder; must not hold a run unless ``resume``.
@@ -215,24 +287,47 @@ def fit(
 
     Raises:
         TrainingError: the loss became NaN or inf (the last checkpoint is kept).
+        ConfigError: among others, a global batch not divisible by the number
+            of processes, or ``sync_bn`` with several processes on CPUs.
     """
-    run_dir = Path(run_dir)
+    launched = distributed.env_world_size() > 1 and not distributed.is_initialized()
+    runtime = Runtime.create(config.device, config.precision, config.channels_last,
+                             local_rank=distributed.local_rank() if launched else None)
+    owns_group = distributed.init(runtime.device)
+    try:
+        return _fit(method, data, config, Path(run_dir), runtime, resume, progress)
+    finally:
+        if owns_group:
+            distributed.cleanup()
+
+
+def _fit(
+    method: Method, data: DataSplits, config: TrainConfig, run_dir: Path, runtime: Runtime, resume: bool, progress: bool
+) -> FitResult:
+    """:func:`fit` once the runtime is resolved and any process group joined."""
+    world, rank = distributed.world_size(), distributed.rank()
+    main = rank == 0
     ckpt_dir = run_dir / "checkpoints"
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     if not resume and last_path.exists():
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     _check_data(data, method, config)
+    local_batch = distributed.local_batch_size(config.batch_size, world)
+    if config.sync_bn and world > 1 and runtime.device.type != "cuda":
+        raise ConfigError(f"--sync-bn needs CUDA GPUs: PyTorch's SyncBatchNorm does not run on {runtime.device.type}; "
+                          "drop --sync-bn (each process then normalises over its own share of the batch)")
 
-    runtime = Runtime.create(config.device, config.precision, config.channels_last)
     info = data_info(data.train, config)
     aug_cfg = augment_recipe(info, config)
     make_views = ViewMaker(method, aug_cfg, info, runtime)
     method.to(runtime.device)
     if runtime.channels_last:
         method.to(memory_format=torch.channels_last)
+    if config.sync_bn and world > 1:
+        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)  # in place: same parameters, same state-dict keys
     optimizer = build_optimizer(method, config)
     scaler = torch.amp.GradScaler(enabled=runtime.dtype == torch.float16)
-    monitor = _Monitor(data, config)
+    monitor = _Monitor(data, config) if main else None
 
     n, batch = len(data.train), config.batch_size
     steps_per_epoch = n // batch
@@ -246,26 +341,44 @@ def fit(
     if resume:
         if not last_path.exists():
             raise CheckpointError(f"{run_dir}: nothing to resume, no {last_path}")
-        state = load_checkpoint(last_path)
+        state = load_checkpoint(last_path)  # on every rank: identical weights, optimiser and counters
         if TrainConfig.from_dict(state["config"]) != config:  # fields added since are filled with defaults
             raise ConfigError(f"{last_path}: the checkpoint's configuration differs from this one; resume with the run's own config.json")
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
-        aug_state = state["aug_rng"] if step_in_epoch else None
+        aug_state = _resumed_augment_state(state, rank, world) if step_in_epoch else None
         history, best_knn = list(state["history"]), state["best_knn"]
         bad_epochs, stopped_early = int(state["bad_epochs"]), bool(state["stopped_early"])
         loss_sum, loss_count = float(state["loss_sum"]), int(state["loss_count"])
         _set_rng_state(state["rng"])
-    else:
+    elif main:
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run_dir / "config.json")
 
+    model: nn.Module = method
+    if world > 1:
+        # Every trainable parameter of every method takes part in its loss, so no search for unused ones.
+        # Buffers are not broadcast each step: queues and DINO's centre are kept identical by gathering,
+        # EMA targets follow identical weights, and BatchNorm running statistics (unused in training) are
+        # rank 0's in the checkpoints.
+        device_ids = None
+        if runtime.device.type == "cuda":
+            device_ids = [runtime.device.index if runtime.device.index is not None else torch.cuda.current_device()]
+        model = DistributedDataParallel(method, device_ids=device_ids, **_no_buffer_sync())
+
     def checkpoint(epoch: int, step: int, gen: torch.Generator | None) -> None:
+        """Write last.pt from rank 0; inside an epoch every rank must call it (its augmentation state is gathered)."""
+        aug = gen.get_state() if gen is not None else torch.zeros(0, dtype=torch.uint8)
+        per_rank: dict[str, torch.Tensor] = {}
+        if world > 1 and gen is not None:
+            per_rank["aug_rng_ranks"] = distributed.all_gather_tensor(aug[None])  # (world, state bytes)
+        if not main:
+            return
         save_checkpoint(last_path, {
             "config": config.to_dict(), "data": info, "model": method.state_dict(), "epoch": epoch,
-            "step_in_epoch": step, "aug_rng": gen.get_state() if gen is not None else torch.zeros(0, dtype=torch.uint8),
+            "step_in_epoch": step, "aug_rng": aug, "world_size": world, **per_rank,
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "history": history,
             "best_knn": best_knn, "bad_epochs": bad_epochs, "stopped_early": stopped_early,
             "loss_sum": loss_sum, "loss_count": loss_count, "rng": _rng_state(), "augment": aug_cfg.__dict__,
@@ -274,12 +387,13 @@ def fit(
     done = start_epoch >= config.epochs or stopped_early
     bar = tqdm(
         total=total_steps, initial=start_epoch * steps_per_epoch + step_in_epoch, unit="step",
-        desc="train", disable=not progress or done, file=sys.stderr, dynamic_ncols=True,
+        desc="train", disable=not progress or done or not main, file=sys.stderr, dynamic_ncols=True,
         mininterval=0.5 if sys.stderr.isatty() else 30.0,  # a log file gets a line every 30 s, not every step
     )
-    if not done:
+    if not done and main:
+        where = f", {world} processes x {local_batch} images ({distributed.backend_for(runtime.device)})" if world > 1 else ""
         tqdm.write(f"training {config.method}/{config.backbone} on {len(data.train)} images ({data.train.name}), "
-                   f"{runtime.describe()}, {config.epochs} epochs x {steps_per_epoch} steps", file=sys.stderr)
+                   f"{runtime.describe()}{where}, {config.epochs} epochs x {steps_per_epoch} steps", file=sys.stderr)
     method.train()
     last_save = time.monotonic()
     epoch = start_epoch
@@ -290,23 +404,25 @@ def fit(
             gen.set_state(aug_state)
             aug_state = None
         else:
-            gen.manual_seed(_epoch_seed(config.seed, epoch, 2))
+            gen.manual_seed(augment_seed(config.seed, epoch, rank))
         t_epoch, images_seen = time.perf_counter(), 0
         for step in range(step_in_epoch, steps_per_epoch):
             global_step = epoch * steps_per_epoch + step
             lr = lr_at(global_step, config.peak_lr, warmup_steps, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            idx = order[step * batch : (step + 1) * batch]
+            idx = distributed.shard(order[step * batch : (step + 1) * batch], rank, world)  # (batch / world,)
             x = data.train.get_batch(idx).to(runtime.device, non_blocking=True)
             labels = data.train.labels[idx].to(runtime.device) if data.train.labels is not None else None
             views = make_views(x, gen)
             with runtime.autocast():
-                loss, logs = method(views, labels)
-            if not torch.isfinite(loss):
+                loss, logs = model(views, labels)
+            want_save = main and time.monotonic() - last_save > config.checkpoint_minutes * 60 and step + 1 < steps_per_epoch
+            step_loss, save_now = _agree(loss, logs["loss"], want_save, world)
+            if not math.isfinite(step_loss):
                 bar.close()
                 raise TrainingError(
-                    f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}; stopped. "
+                    f"the loss became {step_loss} at epoch {epoch + 1}, step {step + 1}; stopped. "
                     f"The last good checkpoint ({last_path}) is intact. Try a lower --lr, or --precision fp32."
                 )
             optimizer.zero_grad(set_to_none=True)
@@ -314,19 +430,21 @@ def fit(
             scaler.step(optimizer)
             scaler.update()
             method.after_step(global_step + 1, total_steps)  # momentum encoders, queues
-            loss_sum += logs["loss"] * len(idx)
-            loss_count += len(idx)
-            images_seen += len(idx)
+            loss_sum += step_loss * batch
+            loss_count += batch
+            images_seen += batch
             rate = images_seen / max(time.perf_counter() - t_epoch, 1e-9)
-            bar.set_postfix(epoch=f"{epoch + 1}/{config.epochs}", loss=f"{logs['loss']:.4f}", img_s=f"{rate:.0f}", refresh=False)
+            bar.set_postfix(epoch=f"{epoch + 1}/{config.epochs}", loss=f"{step_loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
             bar.update(1)
-            if time.monotonic() - last_save > config.checkpoint_minutes * 60 and step + 1 < steps_per_epoch:
+            if save_now:
                 checkpoint(epoch, step + 1, gen)
                 last_save = time.monotonic()
         epoch_seconds = time.perf_counter() - t_epoch
         step_in_epoch = 0
 
-        monitor_out = monitor(method, data, info, runtime)
+        # Rank 0 runs the monitor while the others wait here; then every rank keeps the same history.
+        monitor_out = monitor(method, data, info, runtime) if monitor is not None else None
+        monitor_out, epoch_seconds = distributed.broadcast_object((monitor_out, epoch_seconds))
         record = {
             "epoch": epoch + 1, "loss": loss_sum / max(loss_count, 1), "lr": lr,
             **monitor_out, "images_per_s": images_seen / max(epoch_seconds, 1e-9), "epoch_seconds": epoch_seconds,
@@ -342,10 +460,12 @@ def fit(
             record["stopped_early"] = True
         history.append(record)
         epoch += 1
-        if improved:
+        if improved and main:
             save_checkpoint(best_path, {"config": config.to_dict(), "data": info, "model": method.state_dict(), "epoch": epoch, "knn_top1": knn})
         checkpoint(epoch, 0, None)
         last_save = time.monotonic()
+        if not main:
+            continue
         _write_log(run_dir, history)
         knn_text = f"kNN {knn:.2%}" if knn is not None else "kNN n/a (no labels)"
         if monitor_out["embedding_std"] < COLLAPSE_SPREAD:
@@ -357,4 +477,5 @@ def fit(
         if stopped_early:
             tqdm.write(f"early stop: no kNN improvement for {config.patience} epochs (best {best_knn:.2%})", file=sys.stderr)
     bar.close()
+    distributed.barrier()  # the other ranks return once rank 0 has written the run folder
     return FitResult(run_dir=run_dir, history=history, best_knn=best_knn, stopped_early=stopped_early)
