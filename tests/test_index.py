@@ -10,18 +10,33 @@ import pytest
 from PIL import Image
 
 from contrastkit.cli import main
-from contrastkit.errors import DataError
+from contrastkit.errors import ConfigError, DataError
 from contrastkit.index import (
     INDEX_FILE,
     INDEX_INFO_FILE,
+    IVFPQ_MIN_ITEMS,
+    auto_kind,
     build_index,
     embed_query_images,
+    exact_search,
     index_run,
     read_index,
     recall_at_k,
     search,
+    search_run,
     write_index,
 )
+
+
+@pytest.fixture(autouse=True)
+def one_faiss_thread():
+    """Tiny indexes gain nothing from threads, and OpenMP spin-waits badly on a busy machine."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
 
 
 def numpy_cosine_topk(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -38,6 +53,17 @@ def clustered(n: int, d: int, clusters: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(clusters, d))
     return (centres[rng.integers(0, clusters, n)] + 0.35 * rng.normal(size=(n, d))).astype(np.float32)
+
+
+def embedding_like(n: int, d: int, clusters: int, seed: int, latent: int = 4) -> np.ndarray:
+    """Clusters that vary along a few directions each, plus a little noise: the low intrinsic
+    dimension of real embeddings, which product quantization (and every ANN index) relies on."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, d))
+    bases = rng.normal(size=(clusters, latent, d)) / np.sqrt(latent)
+    c = rng.integers(0, clusters, n)
+    x = centres[c] + 0.5 * np.einsum("nl,nld->nd", rng.normal(size=(n, latent)), bases[c])
+    return (x + 0.05 * rng.normal(size=(n, d))).astype(np.float32)
 
 
 @pytest.mark.parametrize("n, d, k", [(500, 16, 10), (37, 8, 5), (3, 4, 10)])
@@ -85,6 +111,71 @@ def test_auto_picks_exact_below_threshold_and_ivf_above():
     assert build_index(x, exact_max_items=1999, recall_queries=100)[1]["kind"] == "ivf"
 
 
+@pytest.mark.parametrize("rows", [1, 64, None])
+def test_exact_search_in_chunks_equals_numpy(rows):
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(300, 12)).astype(np.float32)
+    queries = rng.normal(size=(9, 12)).astype(np.float32)
+    scores, ids = exact_search(base, queries, 10, rows)
+    ref_scores, ref_ids = numpy_cosine_topk(base, queries, 10)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+
+
+def test_ivfpq_recall_against_exact_search():
+    x = embedding_like(20_000, 64, 50, seed=1)
+    index, info = build_index(x, "ivfpq", recall_queries=300)
+    assert info["kind"] == "ivfpq" and info["pq_m"] == 8 and info["code_bytes"] == 8 and info["rerank"] == 10
+    assert info["recall_at_10"] >= 0.95 and 1 <= info["nprobe"] < info["nlist"]
+    # other queries, against NumPy brute force: the re-ranked search keeps recall high
+    rows = np.random.default_rng(7).choice(len(x), 100, replace=False)
+    _, found = search(index, x[rows], 10, x, info["rerank"])
+    _, exact = numpy_cosine_topk(x, x[rows], 10)
+    by_hand = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found.tolist(), exact.tolist())])
+    assert by_hand > 0.9
+    assert recall_at_k(index, x, 10, rows, rerank_factor=info["rerank"]) == pytest.approx(by_hand, abs=1e-9)
+    # the 8-byte codes alone rank worse: the exact re-scoring is what earns the recall
+    assert recall_at_k(index, x, 10, rows) < by_hand - 0.2
+    with pytest.raises(DataError, match="re-ranking needs"):
+        search(index, x[:2], 10, None, 10)
+
+
+def test_auto_switches_to_ivfpq_above_the_memory_threshold():
+    assert auto_kind(10**6, 512) == "ivf" and auto_kind(2 * 10**6, 512) == "ivfpq"  # 2 GiB of float32
+    assert auto_kind(IVFPQ_MIN_ITEMS - 1, 16, float_max_bytes=1) == "flat"  # too few items to train PQ
+    x = embedding_like(IVFPQ_MIN_ITEMS, 16, 20, seed=2)
+    size = x.nbytes  # N * D * 4
+    assert build_index(x, float_max_bytes=size)[1]["kind"] == "flat"
+    index, info = build_index(x, float_max_bytes=size - 1, recall_queries=100)
+    assert info["kind"] == "ivfpq" and info["pq_m"] == 2 and info["recall_at_10"] >= 0.9
+    with pytest.raises(ConfigError, match=f"at least {IVFPQ_MIN_ITEMS} items"):
+        build_index(x[:500], "ivfpq")
+
+
+def test_ivf_with_an_hnsw_graph_of_the_centroids():
+    x = clustered(3000, 32, 40, seed=1)
+    index, info = build_index(x, "ivf", quantizer="hnsw", recall_queries=300)
+    assert info["quantizer"] == "hnsw" and info["recall_at_10"] >= 0.95 and info["nprobe"] < info["nlist"]
+
+
+def test_build_from_a_memory_map_reads_it_in_chunks(tmp_path):
+    import tracemalloc
+
+    x = clustered(20_000, 32, 40, seed=6)
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    tracemalloc.start()  # NumPy's allocations (not FAISS's): what the build copies of the embeddings
+    index, _ = build_index(mapped, "flat", chunk=1000)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < x.nbytes / 8  # one chunk of 1000 rows at a time, never the 2.4 MiB array
+    q = x[:50] + 0.01
+    np.testing.assert_array_equal(search(index, q, 10)[1], search(build_index(x)[0], q, 10)[1])
+    ivf, info = build_index(mapped, "ivf", chunk=777, recall_queries=100)
+    same, _ = build_index(x, "ivf", recall_queries=100)
+    np.testing.assert_array_equal(search(ivf, q, 10)[1], search(same, q, 10)[1])
+
+
 def write_embedding_folder(folder, x):
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / "embeddings.npy", x)
@@ -117,6 +208,24 @@ def test_index_round_trips_through_files(tmp_path, kind):
     s2, i2 = search(fresh, q, 10)
     np.testing.assert_array_equal(i1, i2)
     np.testing.assert_allclose(s1, s2, atol=1e-6)
+
+
+def test_ivfpq_round_trips_through_files_and_search_reranks(tmp_path):
+    x = embedding_like(IVFPQ_MIN_ITEMS, 16, 20, seed=4)
+    write_embedding_folder(tmp_path, x)
+    info = index_run(tmp_path, "ivfpq", recall_queries=100)
+    saved = json.loads((tmp_path / INDEX_INFO_FILE).read_text())
+    assert saved == info and saved["kind"] == "ivfpq" and saved["rerank"] == 10 and saved["recall_at_10"] >= 0.9
+    index, read_info = read_index(tmp_path, x)
+    assert read_info == saved and index.ntotal == len(x)
+    fresh, _ = build_index(x, "ivfpq", recall_queries=100)
+    q = x[:20] + 0.01
+    np.testing.assert_array_equal(search(index, q, 10, x, 10)[1], search(fresh, q, 10, x, 10)[1])
+    result = search_run(tmp_path, [5, 9000], k=3)  # reads the index written above, re-ranks from embeddings.npy
+    assert result["index_note"] == ""
+    for query in result["queries"]:
+        first = query["results"][0]  # exact re-scoring: the item itself first, with cosine 1
+        assert first["index"] == query["query"] and first["score"] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_read_index_refuses_mismatched_or_corrupt_files(tmp_path):

@@ -11,15 +11,30 @@ from PIL import Image
 
 from contrastkit.cli import main
 from contrastkit.errors import ConfigError, DataError
+from contrastkit import label as label_module
 from contrastkit.label import (
+    assign_in_chunks,
+    centroid_margin,
     cluster_accuracy,
     cluster_metrics,
     label_clusters,
     label_from_seeds,
+    label_run,
     least_confident,
     read_seed_labels,
     write_labels_csv,
 )
+
+
+@pytest.fixture(autouse=True)
+def one_faiss_thread():
+    """Tiny k-means gains nothing from threads, and OpenMP spin-waits badly on a busy machine."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
 
 
 def blobs(per_class: int = 50, classes: int = 4, dim: int = 8, spread: float = 0.15, seed: int = 0):
@@ -78,6 +93,33 @@ def test_clustering_recovers_blobs(algorithm):
     assert ((r.confidence >= 0) & (r.confidence <= 1)).all()
 
 
+def test_faiss_kmeans_recovers_blobs():
+    x, y = blobs(per_class=300, classes=5, dim=16, spread=0.2)
+    r = label_clusters(x, 5, backend="faiss")
+    m = cluster_metrics(y, r.clusters)
+    assert r.backend == "faiss" and m["cluster_accuracy"] > 0.95 and m["nmi"] > 0.9 and m["ari"] > 0.9
+    assert r.clusters.shape == (len(x),) and set(r.clusters.tolist()) == set(range(5))
+    np.testing.assert_allclose(np.linalg.norm(r.centroids, axis=1), 1.0, atol=1e-5)  # spherical k-means
+    assert ((r.confidence >= 0) & (r.confidence <= 1)).all()
+    again = label_clusters(x, 5, backend="faiss")  # seeded: the same clusters every time
+    np.testing.assert_array_equal(again.clusters, r.clusters)
+
+
+def test_faiss_kmeans_on_a_sample_and_chunked_assignment(monkeypatch):
+    x, y = blobs(per_class=200, classes=4, spread=0.15, seed=3)
+    monkeypatch.setattr(label_module, "FAISS_KMEANS_MIN_ITEMS", 500)  # auto: faiss above 500 items
+    monkeypatch.setattr(label_module, "FAISS_KMEANS_SAMPLE", 300)  # trains on 300 of the 800 items
+    assert label_clusters(x[:500], 4).backend == "sklearn"
+    r = label_clusters(x, 4)
+    assert r.backend == "faiss" and cluster_metrics(y, r.clusters)["cluster_accuracy"] > 0.95
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    nearest, conf = assign_in_chunks(x, r.centroids, rows=37)  # 37 items at a time = all at once
+    whole = centroid_margin(xn.astype(np.float64), r.centroids)
+    np.testing.assert_array_equal(nearest, whole[0])
+    np.testing.assert_allclose(conf, whole[1], atol=1e-12)
+    np.testing.assert_array_equal(r.clusters, nearest)
+
+
 def test_least_confident_items_lie_between_blobs():
     x, _ = blobs(per_class=40, classes=3, spread=0.1)
     e = np.eye(8, dtype=np.float32)
@@ -90,10 +132,21 @@ def test_least_confident_items_lie_between_blobs():
 
 def test_too_many_clusters_is_a_config_error_with_the_numbers():
     x, _ = blobs(per_class=3, classes=2)
-    with pytest.raises(ConfigError, match=r"--clusters 7 .*\(6\)"):
-        label_clusters(x, 7)
+    for backend in ("sklearn", "faiss"):
+        with pytest.raises(ConfigError, match=r"--clusters 7 is larger than the number of items \(6\)"):
+            label_clusters(x, 7, backend=backend)
     with pytest.raises(ConfigError, match="algorithm"):
         label_clusters(x, 2, algorithm="dbscan")
+    with pytest.raises(ConfigError, match="--kmeans-backend 'gpu' is not one of auto, sklearn, faiss"):
+        label_clusters(x, 2, backend="gpu")
+
+
+def test_bad_cluster_options_fail_before_reading_or_embedding(tmp_path):
+    (tmp_path / "config.json").write_text("{}")  # a run folder: a valid call would embed first
+    with pytest.raises(ConfigError, match="--clusters must be >= 2, got 1"):
+        label_run(tmp_path, clusters=1)
+    with pytest.raises(ConfigError, match="--kmeans-backend"):
+        label_run(tmp_path, clusters=3, kmeans_backend="cuda")
 
 
 # ----------------------------------------------------------------------------- seeds
@@ -285,5 +338,9 @@ def test_cli_label_errors_and_no_montage(tiny_run, tmp_path, capsys):
     assert main(["label", str(emb_only), "--clusters", "3"]) == 0
     assert "note: no montages" in capsys.readouterr().out
     assert (emb_only / "labels.csv").is_file() and not (emb_only / "montages").exists()
+    assert json.loads((emb_only / "label_metrics.json").read_text())["kmeans_backend"] == "sklearn"  # auto, 800 items
+    assert main(["label", str(emb_only), "--clusters", "3", "--kmeans-backend", "faiss"]) == 0
+    m = json.loads((emb_only / "label_metrics.json").read_text())
+    assert m["kmeans_backend"] == "faiss" and sum(m["cluster_sizes"]) == 800
     assert main(["label", str(tiny_run), "--clusters", "3", "--no-montage", "--out", str(tmp_path / "nm")]) == 0
     assert not (tmp_path / "nm" / "montages").exists()

@@ -12,19 +12,43 @@ similarities in [-1, 1] (FAISS ``METRIC_INNER_PRODUCT``). The kind of index:
 - ``ivf``: ``IndexIVFFlat`` (inverted lists, Jegou et al., TPAMI 2011) with
   ``nlist`` about ``4 * sqrt(N)`` cells (at most N / 39, FAISS's minimum of
   training points per centroid), k-means trained on a seeded sample of up to
-  ``256 * nlist`` vectors; the choice of ``auto`` above the threshold.
+  ``256 * nlist`` vectors (at most :data:`IVF_TRAIN_MAX_ROWS`, but never
+  fewer than 39 per cell); the choice of ``auto`` above the threshold while
+  the float32 vectors take at most :data:`FLOAT_INDEX_MAX_BYTES`.
+- ``ivfpq``: ``IndexIVFPQ`` (product quantization, Jegou et al., TPAMI 2011):
+  the same cells, each vector stored as one 8-bit code per 8 dimensions
+  (64 bytes for 512-d instead of 2 KiB); the choice of ``auto`` when the
+  float32 vectors would take more than :data:`FLOAT_INDEX_MAX_BYTES`
+  (2 GiB: above about 1M x 512). Its scores are approximate, so the
+  ``max(k, 10) * RERANK_FACTOR`` best candidates are re-scored exactly with the
+  embeddings (read from the memory-mapped ``embeddings.npy``, only those rows)
+  and the ``k`` best returned, with exact cosine similarities.
 - ``hnsw``: ``IndexHNSWFlat`` (Malkov and Yashunin, arXiv 1603.09320).
+
+With more than :data:`HNSW_QUANTIZER_MIN_CELLS` cells (above about 4M items)
+an IVF index finds the cells of a vector through an HNSW graph of the
+centroids instead of comparing it with every centroid (FAISS's
+``IVF..._HNSW32``): adding 10M vectors to 12 649 cells then costs a few
+hundred distance computations per vector instead of 12 649.
 
 An approximate index is tuned, not guessed: its search-time knob (``nprobe``
 for IVF, ``efSearch`` for HNSW) is doubled from small values until recall@10
 against exact search, measured on a seeded sample of the items as queries,
-reaches ``target_recall``. The knob and the recall it reached are stored in
-``index.json`` and inside the index itself.
+reaches ``target_recall`` (for IVF-PQ also when one more doubling gains less
+than :data:`RECALL_PLATEAU`: without re-ranking its codes cap the recall).
+The knob and the recall it reached are stored in ``index.json`` and inside
+the index itself.
+
+Memory: the embeddings are read in chunks of :data:`CHUNK_BYTES`, normalised
+and added chunk by chunk, so a memory-mapped ``embeddings.npy`` is never
+copied whole (the index itself holds N x D float32 for flat / IVF / HNSW, and
+N x (D / 8 + 8) bytes for IVF-PQ). Exact search, the reference of recall, is
+brute force over the same chunks.
 
 Files, beside ``embeddings.npy``:
 
-- ``index.faiss``: ``faiss.serialize_index`` bytes, written atomically, read
-  back with ``faiss.deserialize_index`` (no pickle);
+- ``index.faiss``: written by ``faiss.write_index`` (streamed, no copy in
+  memory) atomically, read back with ``faiss.read_index`` (no pickle);
 - ``index.json``: kind, parameters, recall@10, build time, the SHA-256 of
   ``index.faiss`` and a fingerprint of the embeddings it was built from (a
   re-embedded run gets a new index).
@@ -38,26 +62,36 @@ import math
 import re
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from contrastkit.atomic import atomic_open, atomic_write_bytes, atomic_write_text
+from contrastkit.atomic import atomic_open, atomic_write_text
 from contrastkit.errors import ConfigError, DataError
 
 INDEX_FILE = "index.faiss"
 INDEX_INFO_FILE = "index.json"
-KINDS = ("auto", "flat", "ivf", "hnsw")
+KINDS = ("auto", "flat", "ivf", "ivfpq", "hnsw")
 EXACT_MAX_ITEMS = 100_000  # `auto` builds an exact flat index up to this many items, IVF above
+FLOAT_INDEX_MAX_BYTES = 2 * 2**30  # `auto` keeps float32 vectors (flat / IVF) up to 2 GiB (1M x 512), IVF-PQ above
 TARGET_RECALL = 0.95  # recall@10 against exact search an approximate index is tuned to reach
 RECALL_K = 10  # recall is measured on the top-10
 RECALL_QUERIES = 1000  # items used as queries when measuring recall (all of them when fewer)
+RECALL_PLATEAU = 0.005  # IVF-PQ stops doubling nprobe when recall@10 gains less than this
 IVF_CELLS_PER_SQRT_N = 4  # nlist = 4 * sqrt(N), the usual rule of thumb (FAISS wiki)
 IVF_MIN_POINTS_PER_CELL = 39  # FAISS warns when k-means has fewer training points per centroid
-IVF_TRAIN_PER_CELL = 256  # k-means trains on at most 256 * nlist vectors (FAISS's own cap)
+IVF_TRAIN_PER_CELL = 256  # k-means trains on at most 256 * nlist vectors (FAISS's own cap) ...
+IVF_TRAIN_MAX_ROWS = 500_000  # ... and at most this many (1 GiB at 512-d), unless 39 per cell needs more
+HNSW_QUANTIZER_MIN_CELLS = 8192  # more IVF cells than this: find them with an HNSW graph of the centroids
+HNSW_QUANTIZER_EF = 64  # search list of that graph (raised to 2 * nprobe when nprobe is larger)
+PQ_DIMS_PER_CODE = 8  # IVF-PQ: one sub-quantizer (one byte of code) per 8 dimensions: 32x smaller than float32
+PQ_BITS = 8  # bits per sub-quantizer code: 256 centroids each
+IVFPQ_MIN_ITEMS = (1 << PQ_BITS) * IVF_MIN_POINTS_PER_CELL  # 9984: PQ k-means needs 39 points per centroid
+RERANK_FACTOR = 10  # IVF-PQ: the k * 10 best candidates are re-scored exactly from the embeddings
 HNSW_M = 32  # neighbours per node of the HNSW graph (memory ~ 2 * M ints per item)
 HNSW_EF_CONSTRUCTION = 80  # candidate list while building the graph
+CHUNK_BYTES = 64 * 2**20  # embeddings are normalised, checked and added 64 MiB of float32 at a time
 SCORE = "cosine similarity (inner product of L2-normalised embeddings)"
 
 
@@ -78,25 +112,142 @@ def normalise(features: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
-def search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def chunk_rows(dim: int, chunk_bytes: int = CHUNK_BYTES) -> int:
+    """Rows of ``dim`` float32 values in one chunk of ``chunk_bytes`` (at least 1)."""
+    return max(1, chunk_bytes // (4 * max(int(dim), 1)))
+
+
+def normalised_chunks(features: np.ndarray, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first row, normalised float32 chunk)`` over ``features`` (an array or a memory map), in order.
+
+    Only one chunk of ``rows`` rows (default :func:`chunk_rows`) is held at a
+    time, so a memory-mapped array is never copied whole.
+
+    Raises:
+        DataError: a chunk holds NaN or infinite values (naming its rows).
+    """
+    if np.ndim(features) != 2:
+        raise DataError(f"embeddings must be a 2-D array (items x dimensions), got shape {np.shape(features)}")
+    n, d = features.shape
+    step = chunk_rows(d) if rows is None else int(rows)
+    if step < 1:
+        raise ConfigError(f"chunk rows must be >= 1, got {step}")
+    for start in range(0, n, step):
+        x = normalise(features[start : start + step])  # (<= step, D)
+        if not np.isfinite(x).all():
+            raise DataError(
+                f"the embeddings hold NaN or infinite values (rows {start}..{start + len(x) - 1}); "
+                "re-embed with a healthy checkpoint"
+            )
+        yield start, x
+
+
+def _finite_rows(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``features[rows]`` normalised (sorted rows: a memory map reads only those), checked finite."""
+    x = normalise(features[np.asarray(rows)])
+    if not np.isfinite(x).all():
+        raise DataError("the embeddings hold NaN or infinite values; re-embed with a healthy checkpoint")
+    return x
+
+
+def exact_search(
+    features: np.ndarray, queries: np.ndarray, k: int, rows: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` cosine similarities of ``queries`` against all of ``features``, by brute force in chunks.
+
+    The reference of every recall figure: the database is streamed chunk by
+    chunk (see :func:`normalised_chunks`), each chunk's top-k merged into
+    the running top-k, so memory is one chunk plus (Q, 2k).
+
+    Args:
+        features: (N, D) database (an array or a memory map).
+        queries: (Q, D) queries (L2-normalised here).
+        k: neighbours per query (clipped to N).
+        rows: rows per chunk (default :func:`chunk_rows`).
+
+    Returns:
+        (scores, ids): (Q, min(k, N)) float32 and int64, best first (ties to the lower id).
+    """
+    faiss = _faiss()
+    q = normalise(queries)
+    k = min(int(k), len(features))
+    best_s = np.full((len(q), 0), -np.inf, dtype=np.float32)
+    best_i = np.zeros((len(q), 0), dtype=np.int64)
+    for start, x in normalised_chunks(features, rows):
+        s, i = faiss.knn(q, x, min(k, len(x)), metric=faiss.METRIC_INNER_PRODUCT)  # (Q, <= k) each
+        s = np.concatenate([best_s, s.astype(np.float32)], axis=1)
+        i = np.concatenate([best_i, i.astype(np.int64) + start], axis=1)
+        order = np.argsort(-s, axis=1, kind="stable")[:, :k]  # earlier chunks (lower ids) win ties
+        best_s, best_i = np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
+    return best_s, best_i
+
+
+def rerank(features: np.ndarray, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of each query's candidates ``ids`` by exact cosine similarity with ``features``.
+
+    Only the candidate rows are read (a memory-mapped ``features`` stays on
+    disk otherwise). Missing candidates (id -1) stay last with id -1 and
+    score ``-FLT_MAX``, as FAISS returns them.
+
+    Args:
+        features: (N, D) the embeddings the index holds.
+        queries: (Q, D) L2-normalised queries.
+        ids: (Q, K) candidate ids, K >= k.
+        k: results per query.
+    """
+    lowest = -np.finfo(np.float32).max
+    out_s = np.full((len(ids), k), lowest, dtype=np.float32)
+    out_i = np.full((len(ids), k), -1, dtype=np.int64)
+    block = 256  # queries at a time: at most 256 * K rows of features in memory
+    for b in range(0, len(ids), block):
+        cand, q = ids[b : b + block], queries[b : b + block]  # (B, K), (B, D)
+        valid = cand >= 0
+        rows, where = np.unique(cand[valid], return_inverse=True)
+        vectors = normalise(features[rows])  # (U, D), rows sorted
+        scores = np.full(cand.shape, lowest, dtype=np.float32)  # (B, K)
+        scores[valid] = np.einsum("bd,bd->b", np.repeat(q, valid.sum(1), axis=0), vectors[where])
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        out_s[b : b + block] = np.take_along_axis(scores, order, 1)
+        out_i[b : b + block] = np.where(np.take_along_axis(valid, order, 1), np.take_along_axis(cand, order, 1), -1)
+    return out_s, out_i
+
+
+def search(
+    index: Any, queries: np.ndarray, k: int, features: np.ndarray | None = None, rerank_factor: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest items of each query (L2-normalised here), best first.
 
     Args:
         index: a FAISS index from :func:`build_index` or :func:`read_index`.
         queries: (Q, D) query embeddings.
         k: neighbours per query, >= 1; more than the index holds gives all of them.
+        features: (N, D) the embeddings the index was built from (may be a
+            memory map); needed when ``rerank_factor`` > 1.
+        rerank_factor: > 1: take ``max(k, 10) * rerank_factor`` candidates
+            from the index and return the ``k`` best by exact cosine
+            similarity (the ``rerank`` of index.json; IVF-PQ scores are
+            approximate). At least as many candidates as for k = 10, where
+            recall was measured, so a smaller k is never searched worse.
 
     Returns:
         (scores, ids): (Q, min(k, N)) float32 cosine similarities and int64 row indices.
     """
     if k < 1:
         raise ConfigError(f"--top-k must be >= 1, got {k}")
+    if rerank_factor < 1:
+        raise ConfigError(f"the re-ranking factor must be >= 1, got {rerank_factor}")
     q = normalise(queries)
     if q.shape[1] != index.d:
         raise DataError(f"queries have {q.shape[1]} dimensions but the index has {index.d}")
     k = min(int(k), int(index.ntotal))
     if k == 0 or len(q) == 0:
         return np.zeros((len(q), k), np.float32), np.zeros((len(q), k), np.int64)
+    if rerank_factor > 1:
+        if features is None or len(features) != index.ntotal:
+            raise DataError(f"re-ranking needs the {index.ntotal} embeddings the index was built from")
+        pool = min(max(k, RECALL_K) * int(rerank_factor), int(index.ntotal))
+        _, candidates = index.search(q, pool)  # (Q, pool)
+        return rerank(features, q, candidates.astype(np.int64), k)
     scores, ids = index.search(q, k)  # (Q, k) each
     return scores.astype(np.float32), ids.astype(np.int64)
 
@@ -114,12 +265,6 @@ def _sample_rows(n: int, sample: int | np.ndarray, seed: int) -> np.ndarray:
     return rows
 
 
-def _exact_ids(xn: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
-    """(len(rows), k) ids of the exact top-k inner products of ``xn[rows]`` against all of ``xn``."""
-    _, ids = _faiss().knn(xn[rows], xn, k, metric=_faiss().METRIC_INNER_PRODUCT)
-    return ids
-
-
 def _recall(found: np.ndarray, exact: np.ndarray) -> float:
     """Mean fraction of each exact top-k row found in the approximate top-k row."""
     k = exact.shape[1]
@@ -127,36 +272,70 @@ def _recall(found: np.ndarray, exact: np.ndarray) -> float:
 
 
 def recall_at_k(
-    index: Any, features: np.ndarray, k: int = RECALL_K, sample: int | np.ndarray = RECALL_QUERIES, seed: int = 0
+    index: Any, features: np.ndarray, k: int = RECALL_K, sample: int | np.ndarray = RECALL_QUERIES, seed: int = 0,
+    rerank_factor: int = 1,
 ) -> float:
     """Recall@k of ``index`` against exact search, with items of ``features`` as queries.
 
     For each query, the share of its exact k nearest items (brute-force inner
-    product of L2-normalised vectors) that the index returns among its k
-    nearest; averaged over the queries. Queries are items of the data base,
-    as with search by item index, so each query's own item is among its
-    exact neighbours.
+    product of L2-normalised vectors, :func:`exact_search`) that the index
+    returns among its k nearest; averaged over the queries. Queries are items
+    of the data base, as with search by item index, so each query's own item
+    is among its exact neighbours.
 
     Args:
         index: the index to measure (built on ``features``).
-        features: (N, D) the embeddings the index holds, in the same order.
+        features: (N, D) the embeddings the index holds, in the same order (may be a memory map).
         k: neighbours compared per query (clipped to N).
         sample: the number of queries (a seeded sample of rows; all rows when
             it is >= N) or the row indices to use as queries.
         seed: seeds the sample.
+        rerank_factor: search as :func:`search` does with it (index.json's ``rerank``).
     """
-    xn = normalise(features)
-    if len(xn) != index.ntotal:
-        raise DataError(f"the index holds {index.ntotal} items but {len(xn)} embeddings were given")
-    k = min(int(k), len(xn))
-    rows = _sample_rows(len(xn), sample, seed)
-    _, found = search(index, xn[rows], k)
-    return _recall(found, _exact_ids(xn, rows, k))
+    if np.ndim(features) != 2 or len(features) != index.ntotal:
+        raise DataError(f"the index holds {index.ntotal} items but {len(features)} embeddings were given")
+    k = min(int(k), len(features))
+    rows = _sample_rows(len(features), sample, seed)
+    queries = _finite_rows(features, np.sort(rows))[np.argsort(np.argsort(rows))]  # in the order of rows
+    _, found = search(index, queries, k, features, rerank_factor)
+    return _recall(found, exact_search(features, queries, k)[1])
 
 
 def ivf_cells(n: int) -> int:
     """``nlist`` for ``n`` items: about 4 * sqrt(n), but at least 39 training points per cell and >= 1 cell."""
     return max(1, min(int(round(IVF_CELLS_PER_SQRT_N * math.sqrt(n))), n // IVF_MIN_POINTS_PER_CELL))
+
+
+def ivf_train_rows(n: int, cells: int) -> int:
+    """Size of the k-means training sample of ``cells`` IVF cells among ``n`` items.
+
+    ``256 * cells`` (FAISS's cap), at most :data:`IVF_TRAIN_MAX_ROWS` so that
+    memory stays bounded, but at least 39 per cell (FAISS's minimum), and at
+    most ``n``.
+    """
+    bounded = min(IVF_TRAIN_PER_CELL * cells, IVF_TRAIN_MAX_ROWS)
+    return int(min(n, max(IVF_MIN_POINTS_PER_CELL * cells, bounded)))
+
+
+def pq_subquantizers(dim: int) -> int:
+    """Sub-quantizers of IVF-PQ for ``dim`` dimensions: the largest divisor of ``dim`` up to ``dim / 8`` (>= 1)."""
+    target = max(1, dim // PQ_DIMS_PER_CODE)
+    return max(m for m in range(1, target + 1) if dim % m == 0)
+
+
+def auto_kind(
+    n: int, dim: int, exact_max_items: int = EXACT_MAX_ITEMS, float_max_bytes: int = FLOAT_INDEX_MAX_BYTES
+) -> str:
+    """The kind ``auto`` builds for ``n`` x ``dim`` embeddings.
+
+    ``ivfpq`` when the float32 vectors (``n * dim * 4`` bytes) exceed
+    ``float_max_bytes`` and there are enough items to train PQ
+    (:data:`IVFPQ_MIN_ITEMS`); else ``flat`` up to ``exact_max_items`` items
+    and ``ivf`` above.
+    """
+    if n * dim * 4 > float_max_bytes and n >= IVFPQ_MIN_ITEMS:
+        return "ivfpq"
+    return "flat" if n <= exact_max_items else "ivf"
 
 
 def _check_options(kind: str, target_recall: float, recall_queries: int) -> None:
@@ -168,98 +347,167 @@ def _check_options(kind: str, target_recall: float, recall_queries: int) -> None
         raise ConfigError(f"--recall-queries must be >= 1, got {recall_queries}")
 
 
+def _ivf_index(
+    kind: str, n: int, d: int, nlist: int | None, pq_m: int | None, quantizer: str, seed: int
+) -> tuple[Any, dict[str, Any]]:
+    """An untrained IVF-flat or IVF-PQ index and its parameters for index.json."""
+    faiss = _faiss()
+    cells = ivf_cells(n) if nlist is None else int(nlist)
+    if not 1 <= cells <= n:
+        raise ConfigError(f"--nlist must be in [1, {n}] for {n} items, got {cells}")
+    if quantizer not in ("auto", "flat", "hnsw"):
+        raise ConfigError(f"the IVF quantizer must be auto, flat or hnsw, got {quantizer!r}")
+    if quantizer == "auto":
+        quantizer = "hnsw" if cells > HNSW_QUANTIZER_MIN_CELLS else "flat"
+    if quantizer == "hnsw":  # centroids trained by k-means on a flat index, then put in an HNSW graph
+        coarse = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        coarse.hnsw.efSearch = HNSW_QUANTIZER_EF  # also while adding: each vector goes to its nearest cell
+    else:
+        coarse = faiss.IndexFlatIP(d)
+    params: dict[str, Any] = {"nlist": cells, "quantizer": quantizer}
+    if kind == "ivf":
+        index = faiss.IndexIVFFlat(coarse, d, cells, faiss.METRIC_INNER_PRODUCT)
+    else:
+        if n < IVFPQ_MIN_ITEMS:
+            raise ConfigError(
+                f"--kind ivfpq needs at least {IVFPQ_MIN_ITEMS} items (product quantization trains "
+                f"{1 << PQ_BITS} centroids per sub-quantizer), got {n}; use flat, ivf or hnsw"
+            )
+        m = pq_subquantizers(d) if pq_m is None else int(pq_m)
+        if m < 1 or d % m:
+            raise ConfigError(f"the PQ sub-quantizers must divide the {d} dimensions, got {m}")
+        index = faiss.IndexIVFPQ(coarse, d, cells, m, PQ_BITS, faiss.METRIC_INNER_PRODUCT)
+        index.pq.cp.seed = seed
+        params.update({"pq_m": m, "pq_bits": PQ_BITS, "code_bytes": m * PQ_BITS // 8})
+    if quantizer == "hnsw":
+        index.quantizer_trains_alone = 2
+    index.cp.seed = seed
+    return index, params
+
+
 def build_index(
     features: np.ndarray,
     kind: str = "auto",
     *,
     exact_max_items: int = EXACT_MAX_ITEMS,
+    float_max_bytes: int = FLOAT_INDEX_MAX_BYTES,
     nlist: int | None = None,
     nprobe: int | None = None,
+    pq_m: int | None = None,
+    rerank_factor: int | None = None,
+    quantizer: str = "auto",
     hnsw_m: int = HNSW_M,
     ef_search: int | None = None,
     target_recall: float = TARGET_RECALL,
     recall_queries: int = RECALL_QUERIES,
+    chunk: int | None = None,
     seed: int = 0,
 ) -> tuple[Any, dict[str, Any]]:
     """A FAISS inner-product index of the L2-normalised ``features``; item ids are row indices.
 
+    ``features`` may be a memory map (``np.load(..., mmap_mode="r")``): it is
+    read in chunks, normalised and added chunk by chunk, so it is never held
+    in memory twice; the training sample and the recall queries are read as
+    rows.
+
     Args:
         features: (N, D) embeddings, N >= 1.
-        kind: ``flat`` (exact), ``ivf``, ``hnsw``, or ``auto`` (flat up to
-            ``exact_max_items`` items, IVF above).
-        exact_max_items: the size threshold of ``auto``.
+        kind: ``flat`` (exact), ``ivf``, ``ivfpq``, ``hnsw``, or ``auto``
+            (:func:`auto_kind`).
+        exact_max_items: ``auto`` builds flat up to this many items.
+        float_max_bytes: ``auto`` builds IVF-PQ when N * D * 4 exceeds it.
         nlist: IVF cells (default :func:`ivf_cells`).
         nprobe: IVF cells visited per query (default: the smallest power of
             two reaching ``target_recall``, up to nlist).
+        pq_m: IVF-PQ sub-quantizers, dividing D (default :func:`pq_subquantizers`).
+        rerank_factor: IVF-PQ re-scores ``max(k, 10) * rerank_factor`` candidates
+            exactly (default :data:`RERANK_FACTOR`; 1 turns it off).
+        quantizer: how IVF finds cells: ``flat`` (all centroids), ``hnsw``
+            (a graph of the centroids), ``auto`` (hnsw above
+            :data:`HNSW_QUANTIZER_MIN_CELLS` cells).
         hnsw_m: HNSW neighbours per node.
         ef_search: HNSW search list (default: tuned like nprobe, from 16).
         target_recall: recall@10 the default nprobe / ef_search is tuned to reach.
         recall_queries: items used as queries to measure recall.
+        chunk: rows read and added at a time (default :func:`chunk_rows`).
         seed: seeds the training sample, the k-means and the recall queries.
 
     Returns:
         (index, info): info has ``kind``, ``count``, ``dim``, the parameters,
-        ``recall_at_10`` (1.0 for flat, by construction), ``recall_queries``
-        and ``build_seconds``.
+        ``recall_at_10`` (1.0 for flat, by construction), ``recall_queries``,
+        ``rerank`` (the factor :func:`search` must be given), and
+        ``build_seconds`` = ``train_seconds`` + ``add_seconds`` + ``tune_seconds``.
     """
     faiss = _faiss()
     _check_options(kind, target_recall, recall_queries)
-    xn = normalise(features)
-    n, d = xn.shape
+    if np.ndim(features) != 2:
+        raise DataError(f"embeddings must be a 2-D array (items x dimensions), got shape {np.shape(features)}")
+    n, d = features.shape
     if n == 0 or d == 0:
         raise DataError(f"cannot index {n} x {d} embeddings: need at least one item and one dimension")
-    if not np.isfinite(xn).all():
-        raise DataError("the embeddings hold NaN or infinite values; re-embed with a healthy checkpoint")
     if kind == "auto":
-        kind = "flat" if n <= exact_max_items else "ivf"
+        kind = auto_kind(n, d, exact_max_items, float_max_bytes)
+    factor = (RERANK_FACTOR if kind == "ivfpq" else 1) if rerank_factor is None else int(rerank_factor)
+    if factor < 1:
+        raise ConfigError(f"the re-ranking factor must be >= 1, got {factor}")
     start = time.perf_counter()
     info: dict[str, Any] = {"kind": kind, "count": int(n), "dim": int(d), "score": SCORE}
-    if kind == "flat":
-        index = faiss.IndexFlatIP(d)
-        index.add(xn)
-        info.update({"recall_at_10": 1.0, "recall_queries": 0, "note": "exact search"})
-        info["build_seconds"] = round(time.perf_counter() - start, 3)
-        return index, info
-
-    rows = _sample_rows(n, recall_queries, seed)
-    k = min(RECALL_K, n)
-    exact = _exact_ids(xn, rows, k)  # (Q, k) the reference every setting is measured against
-    if kind == "ivf":
-        cells = ivf_cells(n) if nlist is None else int(nlist)
-        if not 1 <= cells <= n:
-            raise ConfigError(f"--nlist must be in [1, {n}] for {n} items, got {cells}")
-        train_rows = _sample_rows(n, min(n, IVF_TRAIN_PER_CELL * cells), seed + 1)
-        quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quantizer, d, cells, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = seed
-        index.train(xn[train_rows])
-        index.add(xn)
-        knob, values = "nprobe", _doubling(1, cells) if nprobe is None else [int(nprobe)]
-        info.update({"nlist": cells, "train_sample": int(len(train_rows))})
+    if kind in ("ivf", "ivfpq"):
+        index, params = _ivf_index(kind, n, d, nlist, pq_m, quantizer, seed)
+        train_rows = _sample_rows(n, ivf_train_rows(n, params["nlist"]), seed + 1)
+        index.train(_finite_rows(features, train_rows))
+        info.update({**params, "train_sample": int(len(train_rows))})
     elif kind == "hnsw":
         if hnsw_m < 2:
             raise ConfigError(f"--hnsw-m must be >= 2, got {hnsw_m}")
         index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        index.add(xn)
-        knob, values = "ef_search", _doubling(max(16, k), max(4096, k)) if ef_search is None else [int(ef_search)]
         info.update({"hnsw_m": hnsw_m, "ef_construction": HNSW_EF_CONSTRUCTION})
+    else:
+        index = faiss.IndexFlatIP(d)
+    trained = time.perf_counter()
+    for _, x in normalised_chunks(features, chunk):
+        index.add(x)
+    added = time.perf_counter()
+    info.update({"train_seconds": round(trained - start, 3), "add_seconds": round(added - trained, 3)})
+    if kind == "flat":
+        info.update({"recall_at_10": 1.0, "recall_queries": 0, "rerank": 1, "note": "exact search",
+                     "tune_seconds": 0.0, "build_seconds": round(added - start, 3)})
+        return index, info
+
+    rows = _sample_rows(n, recall_queries, seed)
+    queries = _finite_rows(features, rows)  # (Q, D), rows are sorted
+    k = min(RECALL_K, n)
+    exact = exact_search(features, queries, k, chunk)[1]  # (Q, k) the reference every setting is measured against
+    if kind in ("ivf", "ivfpq"):
+        cells = info["nlist"]
+        knob, values = "nprobe", _doubling(1, cells) if nprobe is None else [int(nprobe)]
+    else:
+        knob, values = "ef_search", _doubling(max(16, k), max(4096, k)) if ef_search is None else [int(ef_search)]
     if values[0] < 1:
         raise ConfigError(f"--{knob.replace('_', '-')} must be >= 1, got {values[0]}")
-    recall = 0.0
+    recall, value, previous = 0.0, values[0], None
     for value in values:
         _set_knob(index, kind, value)
-        _, found = search(index, xn[rows], k)
+        _, found = search(index, queries, k, features, factor)
         recall = _recall(found, exact)
         if recall >= target_recall:
             break
+        if kind == "ivfpq" and previous is not None and recall - previous[1] < RECALL_PLATEAU:
+            value, recall = previous  # the codes cap the recall: more cells cost time and gain nothing
+            _set_knob(index, kind, value)
+            break
+        previous = (value, recall)
+    how = "given" if len(values) == 1 else "tuned by doubling" + (
+        "" if recall >= target_recall else ", stopped where recall stopped rising" if kind == "ivfpq" else "")
     info.update({
         knob: int(value), "recall_at_10": round(recall, 4), "recall_queries": int(len(rows)),
-        "target_recall": target_recall,
-        "note": f"recall@{k} against exact search, items as queries; {knob} "
-                + ("tuned by doubling" if len(values) > 1 else "given"),
+        "target_recall": target_recall, "rerank": factor,
+        "note": f"recall@{k} against exact search, items as queries; {knob} {how}"
+                + (f"; the {k * factor} best IVF-PQ candidates re-scored exactly" if factor > 1 else ""),
     })
-    info["build_seconds"] = round(time.perf_counter() - start, 3)
+    done = time.perf_counter()
+    info.update({"tune_seconds": round(done - added, 3), "build_seconds": round(done - start, 3)})
     return index, info
 
 
@@ -271,8 +519,12 @@ def _doubling(first: int, last: int) -> list[int]:
 
 
 def _set_knob(index: Any, kind: str, value: int) -> None:
-    if kind == "ivf":
-        _faiss().extract_index_ivf(index).nprobe = value
+    if kind in ("ivf", "ivfpq"):
+        ivf = _faiss().extract_index_ivf(index)
+        ivf.nprobe = value
+        hnsw = getattr(_faiss().downcast_index(ivf.quantizer), "hnsw", None)
+        if hnsw is not None:  # the HNSW graph of the centroids must look at least nprobe deep
+            hnsw.efSearch = max(HNSW_QUANTIZER_EF, 2 * value)
     else:
         index.hnsw.efSearch = value
 
@@ -290,13 +542,31 @@ def embeddings_fingerprint(features: np.ndarray) -> str:
 
 
 def write_index(folder: str | Path, index: Any, info: dict[str, Any]) -> dict[str, Any]:
-    """Write ``index.faiss`` (serialised bytes) and ``index.json``, each atomically; returns the info written."""
+    """Write ``index.faiss`` and ``index.json``, each atomically; returns the info written.
+
+    The index is streamed to the file by ``faiss.write_index`` (hashed on the
+    way), never serialised whole in memory: a multi-GiB index needs no second copy.
+    """
     folder = Path(folder)
-    data = _faiss().serialize_index(index).tobytes()
-    info = {**info, "index_file": INDEX_FILE, "index_sha256": hashlib.sha256(data).hexdigest()}
-    atomic_write_bytes(folder / INDEX_FILE, data)
+    digest = hashlib.sha256()
+    with atomic_open(folder / INDEX_FILE) as f:
+
+        def write(block: bytes) -> int:
+            digest.update(block)
+            return f.write(block)
+
+        _faiss().write_index(index, _faiss().PyCallbackIOWriter(write))
+    info = {**info, "index_file": INDEX_FILE, "index_sha256": digest.hexdigest()}
     atomic_write_text(folder / INDEX_INFO_FILE, json.dumps(info, indent=2) + "\n")
     return info
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_index(folder: str | Path, features: np.ndarray | None = None) -> tuple[Any, dict[str, Any]]:
@@ -319,11 +589,11 @@ def read_index(folder: str | Path, features: np.ndarray | None = None) -> tuple[
         info = json.loads(info_path.read_text())
     except (ValueError, OSError) as e:
         raise DataError(f"{info_path}: not readable JSON ({e})") from None
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != info.get("index_sha256"):
+    if _file_sha256(path) != info.get("index_sha256"):
         raise DataError(f"{path}: does not match {info_path} (SHA-256 differs); rebuild with `contrastkit index {folder}`")
     try:
-        index = _faiss().deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        with open(path, "rb") as f:  # streamed: the file is not held in memory beside the index
+            index = _faiss().read_index(_faiss().PyCallbackIOReader(f.read))
     except RuntimeError as e:
         raise DataError(f"{path}: not a readable FAISS index ({str(e).splitlines()[0]})") from None
     if index.ntotal != info.get("count") or index.d != info.get("dim"):
@@ -512,7 +782,7 @@ def search_run(
     for i, (t, q) in enumerate(parsed):
         if t == "item":
             vectors[i] = emb.features[int(q)]
-    scores, ids = search(index, vectors, k)  # (Q, k')
+    scores, ids = search(index, vectors, k, emb.features, int(info.get("rerank", 1)))  # (Q, k')
     names = emb.meta.get("class_names")
     labels = emb.labels
     results = []

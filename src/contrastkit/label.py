@@ -7,6 +7,14 @@ Unsupervised (:func:`label_clusters`): k-means (scikit-learn ``KMeans``,
 ``n_init`` seeded restarts) or spectral clustering on the symmetric kNN graph
 (scikit-learn ``SpectralClustering(affinity="nearest_neighbors")``), both on
 L2-normalised features (so Euclidean distance ranks like cosine similarity).
+Above :data:`FAISS_KMEANS_MIN_ITEMS` items k-means runs on FAISS instead
+(``faiss.Kmeans``, spherical: centroids kept at unit length, float32; each
+of the seeded restarts starts from k-means++ seeds, as scikit-learn's do,
+which FAISS's random starts would not give): it trains on a seeded sample of at most
+:data:`FAISS_KMEANS_SAMPLE` items (or 256 per cluster when that is more) and
+assigns every item in chunks, so a million 512-d embeddings cluster with
+memory for the sample only (1 GiB), where scikit-learn would hold float64
+copies of all of them (4 GiB each).
 The confidence of an item is the margin between its two nearest centroids,
 ``1 - d1 / d2``: 0 for an item halfway between two clusters, 1 for an item on
 its centroid. It needs no temperature (a softmax over distances would, and its
@@ -49,6 +57,13 @@ from contrastkit.runtime import torch_threads
 
 ALGORITHMS = ("kmeans", "spectral")
 KMEANS_RESTARTS = 10  # k-means runs from different seeded starts; the lowest inertia is kept
+KMEANS_BACKENDS = ("auto", "sklearn", "faiss")  # auto: faiss above FAISS_KMEANS_MIN_ITEMS items, sklearn up to it
+FAISS_KMEANS_MIN_ITEMS = 200_000  # above this scikit-learn's float64 copies take > 800 MB at 512-d, and minutes
+FAISS_KMEANS_SAMPLE = 500_000  # faiss k-means trains on at most this many items (1 GiB at 512-d) ...
+FAISS_KMEANS_PER_CLUSTER = 256  # ... or 256 per cluster when that is more (FAISS's own default sample)
+FAISS_KMEANS_ITERATIONS = 30  # Lloyd iterations per restart (FAISS has no tolerance stop; its default is 25)
+KMEANS_PLUSPLUS_SAMPLE = 10_000  # k-means++ seeds are drawn from this many items of the sample (or 32 per cluster)
+ASSIGN_CHUNK = 16_384  # items assigned to their nearest centroids at a time (float64: 64 MiB at 512-d)
 SEED_MODELS = ("knn", "propagation", "linear")  # ties in held-out accuracy go to the earlier one
 LABELS_FILE = "labels.csv"
 LABEL_METRICS_FILE = "label_metrics.json"
@@ -117,6 +132,7 @@ class ClusterResult:
     confidence: np.ndarray  # (N,) float64 in [0, 1]: 1 - d1 / d2, margin of the two nearest centroids
     centroids: np.ndarray  # (k, D) centroids of the L2-normalised features (NaN rows for empty clusters)
     algorithm: str
+    backend: str = ""  # for k-means: "sklearn" or "faiss"
 
 
 def centroid_margin(xn: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -139,6 +155,82 @@ def centroid_margin(xn: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, 
     return nearest.astype(np.int64), np.clip(conf, 0.0, 1.0)
 
 
+def assign_in_chunks(features: np.ndarray, centroids: np.ndarray, rows: int = ASSIGN_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`centroid_margin` of every item, ``rows`` items (L2-normalised here) at a time.
+
+    Memory stays at one chunk whatever N is; ``features`` may be a memory map.
+    """
+    n = len(features)
+    nearest, conf = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.float64)
+    for start in range(0, n, rows):
+        nearest[start : start + rows], conf[start : start + rows] = centroid_margin(
+            _normalise(features[start : start + rows]), centroids)
+    return nearest, conf
+
+
+def check_cluster_options(k: int, algorithm: str = "kmeans", backend: str = "auto", n_init: int = KMEANS_RESTARTS,
+                          neighbors: int = 10, n: int | None = None) -> None:
+    """Raise :class:`ConfigError` for options :func:`label_clusters` cannot use (``n``: items, when known)."""
+    if algorithm not in ALGORITHMS:
+        raise ConfigError(f"--algorithm {algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+    if backend not in KMEANS_BACKENDS:
+        raise ConfigError(f"--kmeans-backend {backend!r} is not one of {', '.join(KMEANS_BACKENDS)}")
+    if k < 2:
+        raise ConfigError(f"--clusters must be >= 2, got {k}")
+    if n is not None and k > n:
+        raise ConfigError(f"--clusters {k} is larger than the number of items ({n}); give K between 2 and {n}")
+    if n_init < 1:
+        raise ConfigError(f"n_init must be >= 1, got {n_init}")
+    if neighbors < 1:
+        raise ConfigError(f"--neighbors must be >= 1, got {neighbors}")
+
+
+def choose_kmeans_backend(n: int, backend: str = "auto") -> str:
+    """The k-means backend for ``n`` items: ``backend`` itself, or for ``auto`` faiss above FAISS_KMEANS_MIN_ITEMS."""
+    if backend != "auto":
+        return backend
+    return "faiss" if n > FAISS_KMEANS_MIN_ITEMS else "sklearn"
+
+
+def faiss_kmeans(features: np.ndarray, k: int, n_init: int = KMEANS_RESTARTS, seed: int = 0,
+                 sample: int = FAISS_KMEANS_SAMPLE) -> np.ndarray:
+    """(k, D) unit-length centroids of spherical k-means (``faiss.Kmeans``) of the L2-normalised ``features``.
+
+    Trains on a seeded sample of ``max(sample, 256 * k)`` items (all when
+    fewer), read row by row from ``features`` (which may be a memory map).
+    Each of the ``n_init`` restarts starts from k-means++ seeds (scikit-learn's
+    ``kmeans_plusplus``, greedy, on up to :data:`KMEANS_PLUSPLUS_SAMPLE` items
+    of the sample) and runs :data:`FAISS_KMEANS_ITERATIONS` Lloyd iterations;
+    the restart with the largest total cosine similarity of items to their
+    centroids is kept. (FAISS's own restarts start from k random items: with
+    10 clusters nearly every such start puts two seeds in one cluster.)
+    """
+    try:
+        import faiss
+    except ImportError as e:
+        raise ConfigError(f"--kmeans-backend faiss needs FAISS: pip install faiss-cpu ({e})") from None
+    from sklearn.cluster import kmeans_plusplus
+
+    n, d = features.shape
+    size = min(n, max(int(sample), FAISS_KMEANS_PER_CLUSTER * k))
+    rng = np.random.default_rng(seed)
+    rows = np.arange(n) if size >= n else np.sort(rng.choice(n, size=size, replace=False))
+    xs = np.array(features[rows], dtype=np.float32)  # (S, D), a copy of the sample only (float32, not float64)
+    xs /= np.maximum(np.linalg.norm(xs, axis=1, keepdims=True), 1e-12)
+    if not np.isfinite(xs).all():
+        raise DataError("the embeddings hold NaN or infinite values; re-embed with a healthy checkpoint")
+    seeds_from = xs[rng.choice(size, size=min(size, max(KMEANS_PLUSPLUS_SAMPLE, 32 * k)), replace=False)]
+    best, best_obj = None, -np.inf
+    for restart in range(n_init):
+        init, _ = kmeans_plusplus(seeds_from, k, random_state=seed + restart)  # (k, D)
+        km = faiss.Kmeans(d, k, niter=FAISS_KMEANS_ITERATIONS, spherical=True, seed=seed + restart,
+                          max_points_per_centroid=-(-size // k), verbose=False)  # no subsampling inside faiss
+        obj = float(km.train(xs, init_centroids=np.ascontiguousarray(init, dtype=np.float32)))  # sum of cosines
+        if obj > best_obj:
+            best, best_obj = np.asarray(km.centroids, dtype=np.float64), obj
+    return best
+
+
 def _class_centroids(xn: np.ndarray, assign: np.ndarray, k: int) -> np.ndarray:
     """(k, D) mean of the rows assigned to each cluster; NaN for empty clusters."""
     out = np.full((k, xn.shape[1]), np.nan)
@@ -156,6 +248,7 @@ def label_clusters(
     n_init: int = KMEANS_RESTARTS,
     neighbors: int = 10,
     seed: int = 0,
+    backend: str = "auto",
 ) -> ClusterResult:
     """Cluster L2-normalised features into ``k`` groups.
 
@@ -169,21 +262,22 @@ def label_clusters(
         n_init: k-means restarts.
         neighbors: neighbours per item in the spectral kNN graph.
         seed: seeds k-means and the eigensolver.
+        backend: k-means on ``sklearn`` (float64, all items), ``faiss``
+            (:func:`faiss_kmeans`: spherical, float32, a bounded sample,
+            every item assigned in chunks) or ``auto``
+            (:func:`choose_kmeans_backend`: faiss above FAISS_KMEANS_MIN_ITEMS).
 
     Raises:
-        ConfigError: k, n_init or neighbors out of range, or an unknown algorithm.
+        ConfigError: k, n_init or neighbors out of range (k above the number
+            of items names both), or an unknown algorithm or backend.
     """
     n = len(features)
-    if algorithm not in ALGORITHMS:
-        raise ConfigError(f"--algorithm {algorithm!r} is not one of {', '.join(ALGORITHMS)}")
-    if k < 2:
-        raise ConfigError(f"--clusters must be >= 2, got {k}")
-    if k > n:
-        raise ConfigError(f"--clusters {k} is larger than the number of items ({n})")
-    if n_init < 1:
-        raise ConfigError(f"n_init must be >= 1, got {n_init}")
-    if neighbors < 1:
-        raise ConfigError(f"--neighbors must be >= 1, got {neighbors}")
+    check_cluster_options(k, algorithm, backend, n_init, neighbors, n)
+    if algorithm == "kmeans" and choose_kmeans_backend(n, backend) == "faiss":
+        centroids = faiss_kmeans(features, k, n_init, seed)
+        clusters, confidence = assign_in_chunks(features, centroids)  # the nearest centroid of every item
+        return ClusterResult(clusters=clusters, confidence=confidence, centroids=centroids, algorithm=algorithm,
+                             backend="faiss")
     xn = _normalise(features)
     if algorithm == "kmeans":
         from sklearn.cluster import KMeans
@@ -203,7 +297,8 @@ def label_clusters(
         clusters = sc.labels_.astype(np.int64)
         centroids = _class_centroids(xn, clusters, k)
     _, confidence = centroid_margin(xn, centroids)
-    return ClusterResult(clusters=clusters, confidence=confidence, centroids=centroids, algorithm=algorithm)
+    return ClusterResult(clusters=clusters, confidence=confidence, centroids=centroids, algorithm=algorithm,
+                         backend="sklearn" if algorithm == "kmeans" else "")
 
 
 # ----------------------------------------------------------------------------- few labels
@@ -450,13 +545,13 @@ def write_labels_csv(
 
 def montage_members(features: np.ndarray, assign: np.ndarray, k: int, per: int = MONTAGE_SIZE) -> dict[int, np.ndarray]:
     """Per group, up to ``per`` item indices nearest the group's centroid (L2-normalised features), nearest first."""
-    xn = _normalise(features)
     out = {}
     for c in range(k):
         members = np.flatnonzero(assign == c)
         if len(members) == 0:
             continue
-        d = ((xn[members] - xn[members].mean(0)) ** 2).sum(1)
+        xn = _normalise(features[members])  # one group at a time: no float64 copy of all the features
+        d = ((xn - xn.mean(0)) ** 2).sum(1)
         out[c] = members[np.argsort(d, kind="stable")[:per]]
     return out
 
@@ -532,7 +627,7 @@ def run_images(run_dir: Path, sources: list[str]) -> tuple[_RowImages | None, st
         return None, f"{run_dir} has no config.json, so its images are unknown"
     try:
         config = TrainConfig.load(config_path)
-        data = load_dataset(config.data, image_size=config.image_size)
+        data = load_dataset(config.data, image_size=config.image_size, skip_bad=config.skip_bad)
     except ContrastkitError as e:
         return None, f"the run's data set could not be loaded ({e})"
     if list(data.train.sources) + list(data.test.sources) != list(sources):
@@ -550,12 +645,14 @@ def label_run(
     montages: bool = True,
     neighbors: int = 10,
     seed: int = 0,
+    kmeans_backend: str = "auto",
 ) -> dict[str, Any]:
     """Label every item of a run's embeddings and write labels.csv, label_metrics.json and montages.
 
     Exactly one of ``clusters`` (unsupervised) and ``seed_labels`` (a CSV of
     ``item,label``) is given. Embeds first when the run folder has a
-    config.json but no embeddings.npy.
+    config.json but no embeddings.npy (cluster options are checked before
+    that). ``kmeans_backend`` goes to :func:`label_clusters`.
 
     Returns:
         The metrics written to label_metrics.json, plus ``"result"`` (the
@@ -570,6 +667,8 @@ def label_run(
     out = Path(out_dir) if out_dir is not None else run_dir
     if (clusters is None) == (seed_labels is None):
         raise ConfigError("give exactly one of --clusters K and --seed-labels CSV")
+    if clusters is not None:  # before embedding: a bad option fails in a second, not after the model ran
+        check_cluster_options(clusters, algorithm, kmeans_backend, neighbors=neighbors)
     if not run_dir.is_dir():
         raise DataError(f"{run_dir}: no such folder")
     if not (run_dir / EMBEDDINGS_FILE).is_file() and (run_dir / "config.json").is_file():
@@ -581,7 +680,8 @@ def label_run(
                                "n_items": int(len(emb.features)), "seed": seed}
     result: ClusterResult | SeedResult
     if clusters is not None:
-        result = label_clusters(emb.features, clusters, algorithm=algorithm, neighbors=neighbors, seed=seed)
+        result = label_clusters(emb.features, clusters, algorithm=algorithm, neighbors=neighbors, seed=seed,
+                                backend=kmeans_backend)
         assign, labels, confidence, names = result.clusters, result.clusters, result.confidence, None
         metrics.update({
             "mode": "clusters", "algorithm": algorithm, "clusters": clusters,
@@ -589,7 +689,7 @@ def label_run(
             "cluster_sizes": np.bincount(assign, minlength=clusters).tolist(),
         })
         if algorithm == "kmeans":
-            metrics["n_init"] = KMEANS_RESTARTS
+            metrics.update({"n_init": KMEANS_RESTARTS, "kmeans_backend": result.backend})
         else:
             metrics["neighbors"] = neighbors
         if truth is not None:
