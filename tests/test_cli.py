@@ -110,3 +110,6 @@ def test_resume_refuses_changed_options(trained_run, capsys):
     # resuming a finished run is a no-op that still reports the run
     assert main(["train", "--out", str(trained_run), "--resume", "--quiet"]) == 0
     assert "epochs: 2/2" in capsys.readouterr().out
+    # how the run executes may change on resume
+    assert main(["train", "--out", str(trained_run), "--resume", "--quiet", "--workers", "1", "--device", "cpu",
+                 "--checkpoint-minutes", "1"]) == 0

@@ -23,6 +23,7 @@ from contrastkit.config import (
     METHOD_NAMES,
     OPTIMIZER_NAMES,
     PRECISION_NAMES,
+    RESUMABLE_FIELDS,
     TrainConfig,
 )
 from contrastkit.errors import ConfigError, ContrastkitError
@@ -37,7 +38,7 @@ CHOICES = {
     "precision": PRECISION_NAMES,
 }
 TYPES = {"int": int, "float": float, "str": str}
-RESUMABLE_OVERRIDES = {"device", "checkpoint_minutes"}  # options a resumed run may change
+RESUMABLE_OVERRIDES = set(RESUMABLE_FIELDS)  # options a resumed run may change
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -91,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=None,
                        help="image folders: leave out image files that cannot be decoded instead of stopping with "
                        "an error that lists them (default: as the run was trained)")
+    embed.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="processes decoding image files ahead of the model, for image folders too large for "
+                       "memory (0 = decode in this process; default: as the run was trained, where omitted = "
+                       "automatic: min(4, CPU cores - 1) for such folders, 0 for data in memory)")
 
     evaluate = sub.add_parser(
         "evaluate", help="kNN and linear-probe accuracy against baselines",
@@ -283,8 +288,10 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.workers is not None and args.workers < 0:
+        raise ConfigError(f"--workers must be >= 0 (0 = decode in this process), got {args.workers}")
     emb = embed_run(args.run, data_spec=args.data, out_dir=args.out, batch_size=args.batch_size,
-                    skip_bad=args.skip_bad)
+                    skip_bad=args.skip_bad, workers=args.workers)
     out = args.out or args.run
     print(f"wrote {out / 'embeddings.npy'} ({emb.features.shape[0]} x {emb.features.shape[1]} float32), "
           f"{out / 'items.csv'}, {out / 'meta.json'}")

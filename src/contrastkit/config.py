@@ -24,6 +24,10 @@ DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
 PRECISION_NAMES = ("auto", "bf16", "fp16", "fp32")
 
 
+# Fields that say how a run executes, not what it learns: a resumed run may change them.
+RESUMABLE_FIELDS = ("device", "checkpoint_minutes", "workers")
+
+
 def _field(default: Any, help: str) -> Any:
     """A dataclass field whose help text (unit and advice) the CLI shows."""
     return field(default=default, metadata={"help": help})
@@ -42,6 +46,7 @@ class TrainConfig:
     image_size: int | None = _field(None, "side of the square training views in px; omitted = the images' own size")
     crop_min_scale: float | None = _field(None, "smallest area fraction of the random resized crop, in (0, 1]; omitted = the recipe's default for the image size (0.5 for small grayscale, 0.08 for RGB)")
     skip_bad: bool = _field(False, "image folders: leave out image files that cannot be decoded (empty, not an image, corrupt or truncated) and say how many on stderr; off = stop with one error listing them")
+    workers: int | None = _field(None, "data-loading worker processes that decode the next batches while the model trains (>= 0; 0 = decode in the training process); omitted = 0 for data held in memory, min(4, CPU cores - 1) but at least 1 for image folders too large for memory, which stream from disk. Under torchrun each process starts its own (auto counts its share of the cores). Does not change the results")
 
     # --- model ---
     method: str = _field("simclr", "training method: simclr (NT-Xent), pairwise (margin contrastive loss), supcon (needs labels), supervised (baseline, needs labels), barlowtwins (cross-correlation to identity), vicreg (variance-invariance-covariance), simsiam (predictor + stop-gradient), byol (predictor + EMA target), moco (MoCo v2: momentum key encoder + queue of negatives), nnclr (nearest neighbour from a support queue as positive), dino (self-distillation to an EMA teacher with centring, sharpening and multi-crop)")
@@ -133,6 +138,8 @@ class TrainConfig:
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.warmup_epochs < 0:
             raise ConfigError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"--workers must be >= 0 (0 = decode in the training process), got {self.workers}")
         if self.patience < 0:
             raise ConfigError(f"--patience must be >= 0 (0 = never stop early), got {self.patience}")
 

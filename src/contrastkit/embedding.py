@@ -6,16 +6,22 @@
 - ``meta.json``: model, checkpoint, data set, dimensions, split sizes, class names.
 Everything downstream (evaluate, label, search, visualize, report) reads
 these files and needs no model.
+
+Memory stays constant whatever the number of images: features are computed
+batch by batch (image folders too large for memory stream through
+:func:`contrastkit.data.streaming.prefetch`) and each batch goes straight to
+``embeddings.npy``'s temporary file, train rows then test rows; items.csv is
+streamed the same way, and :func:`read_embeddings` memory-maps the array.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -23,7 +29,8 @@ import torch
 from contrastkit.atomic import AtomicFiles
 from contrastkit.augment import to_float
 from contrastkit.data.dataset import DataSplits, ImageDataset
-from contrastkit.errors import DataError
+from contrastkit.data.streaming import IndexBatches, prefetch, resolve_workers
+from contrastkit.errors import ConfigError, DataError
 from contrastkit.methods import Method
 from contrastkit.runtime import Runtime
 
@@ -31,9 +38,43 @@ EMBEDDINGS_FILE = "embeddings.npy"
 ITEMS_FILE = "items.csv"
 META_FILE = "meta.json"
 MAX_LABEL = 999_999  # without class names, labels above this are refused (a label array sized max+1 would not fit)
+ITEM_ROWS = 1024  # items.csv rows formatted at a time
+FINITE_CHECK_VALUES = 1 << 22  # embedding values checked for NaN / inf at a time when reading (16 MiB of float32)
 
 
 @torch.no_grad()
+def iter_embeddings(
+    method: Method,
+    images: ImageDataset,
+    data_info: dict[str, Any],
+    runtime: Runtime,
+    batch_size: int = 512,
+    indices: torch.Tensor | None = None,
+    workers: int | None = None,
+) -> Generator[torch.Tensor, None, None]:
+    """Backbone features batch by batch, in eval mode: float32 (B, embed_dim) on the CPU per batch, in item order.
+
+    Args are those of :func:`compute_embeddings`. The method is in eval mode
+    from the first batch until the generator ends or is closed.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    was_training = method.training
+    method.eval()
+    batches = IndexBatches(len(images) if indices is None else indices, batch_size)
+    loader = prefetch(images, batches, resolve_workers(workers, images), pin_memory=runtime.device.type == "cuda")
+    try:
+        for x in loader:  # (B, C, H, W) uint8
+            x = runtime.prepare(to_float(x.to(runtime.device, non_blocking=True), data_info["mean"], data_info["std"],
+                                         data_info["image_size"]))
+            with runtime.autocast():
+                features = method.embed(x).float().cpu()  # (B, embed_dim)
+            yield features
+    finally:
+        loader.close()
+        method.train(was_training)
+
+
 def compute_embeddings(
     method: Method,
     images: ImageDataset,
@@ -41,8 +82,12 @@ def compute_embeddings(
     runtime: Runtime,
     batch_size: int = 512,
     indices: torch.Tensor | None = None,
+    workers: int | None = None,
 ) -> torch.Tensor:
     """Backbone features (N, embed_dim) float32 on the CPU, in eval mode.
+
+    Holds all N rows in memory; :func:`iter_embeddings` gives them batch by
+    batch, and :func:`embed_run` writes them to disk that way.
 
     Args:
         method: the trained method (its mode is restored afterwards).
@@ -51,19 +96,11 @@ def compute_embeddings(
         runtime: device, precision and memory format to run with.
         batch_size: images per forward pass.
         indices: embed only these items (default: all).
+        workers: processes decoding image files ahead (see
+            :func:`contrastkit.data.streaming.resolve_workers`); None = 0 for
+            data in memory, a few for a streamed image folder.
     """
-    was_training = method.training
-    method.eval()
-    idx = torch.arange(len(images)) if indices is None else indices
-    out = []
-    try:
-        for start in range(0, len(idx), batch_size):
-            x = images.get_batch(idx[start : start + batch_size]).to(runtime.device)
-            x = runtime.prepare(to_float(x, data_info["mean"], data_info["std"], data_info["image_size"]))
-            with runtime.autocast():
-                out.append(method.embed(x).float().cpu())
-    finally:
-        method.train(was_training)
+    out = list(iter_embeddings(method, images, data_info, runtime, batch_size, indices, workers))
     if not out:
         return torch.zeros(0, method.embed_dim)
     return torch.cat(out)
@@ -85,6 +122,81 @@ class Embeddings:
         return self.features[mask], None if self.labels is None else self.labels[mask]
 
 
+class _Utf8:
+    """A text sink for :mod:`csv` that encodes to UTF-8 into a binary file (the file is left open)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+
+    def write(self, text: str) -> int:
+        return self._f.write(text.encode("utf-8"))
+
+
+def _write_npy_rows(f: BinaryIO, path: Path, chunks: Iterable[torch.Tensor | np.ndarray], count: int, dim: int) -> None:
+    """Write a float32 (count, dim) .npy, header then ``chunks`` of rows in order, as ``np.save`` would."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": (count, dim)}
+    np.lib.format.write_array_header_1_0(f, header)  # np.save's own header for this shape
+    rows = 0
+    for chunk in chunks:
+        x = chunk.detach().to("cpu", torch.float32).numpy() if isinstance(chunk, torch.Tensor) else np.asarray(chunk)
+        x = np.ascontiguousarray(x, dtype="<f4")  # (B, dim)
+        if x.ndim != 2 or x.shape[1] != dim or rows + len(x) > count:
+            raise DataError(f"{path}: embeddings of shape {x.shape} after {rows} rows do not fit a {count} x {dim} array")
+        if x.size:
+            f.write(memoryview(x).cast("B"))
+        rows += len(x)
+    if rows != count:
+        raise DataError(f"{path}: {rows} embeddings were computed for {count} items")
+
+
+def _write_items(f: BinaryIO, data: DataSplits) -> None:
+    """items.csv rows, a block of :data:`ITEM_ROWS` at a time."""
+    writer = csv.writer(_Utf8(f), lineterminator="\n")
+    writer.writerow(["index", "split", "source", "label"])
+    i = 0
+    for split_name, ds in (("train", data.train), ("test", data.test)):
+        for start in range(0, len(ds), ITEM_ROWS):
+            sources = ds.sources[start : start + ITEM_ROWS]
+            labels = ds.labels[start : start + ITEM_ROWS].tolist() if ds.labels is not None else [""] * len(sources)
+            for source, label in zip(sources, labels):
+                writer.writerow([i, split_name, source, label])
+                i += 1
+
+
+def write_embedding_chunks(
+    out_dir: Path,
+    data: DataSplits,
+    chunks: Iterable[torch.Tensor | np.ndarray],
+    dim: int,
+    meta: dict[str, Any],
+) -> None:
+    """Write embeddings.npy, items.csv and meta.json into ``out_dir`` together, the features streamed.
+
+    ``chunks`` gives the rows of every train item, then every test item, in
+    blocks of any size (each (B, ``dim``)); every block is written to the
+    temporary embeddings.npy as it arrives, so memory does not grow with the
+    number of items. The three files are renamed into place only when all
+    are on disk (see :class:`contrastkit.atomic.AtomicFiles`): an error while
+    computing or writing (a full disk, a failing model) leaves the previous
+    three files as they were and no temporary file.
+    """
+    out_dir = Path(out_dir)
+    count = len(data.train) + len(data.test)
+    meta = {
+        **meta,
+        "count": count,
+        "dim": int(dim),
+        "splits": {"train": len(data.train), "test": len(data.test)},
+        "class_names": data.train.class_names,
+    }
+    with AtomicFiles() as out:
+        with out.open(out_dir / EMBEDDINGS_FILE) as f:
+            _write_npy_rows(f, out_dir / EMBEDDINGS_FILE, chunks, count, int(dim))
+        with out.open(out_dir / ITEMS_FILE) as f:
+            _write_items(f, data)
+        out.write_text(out_dir / META_FILE, json.dumps(meta, indent=2) + "\n")
+
+
 def write_embeddings(
     out_dir: Path,
     data: DataSplits,
@@ -92,34 +204,14 @@ def write_embeddings(
     test_features: torch.Tensor,
     meta: dict[str, Any],
 ) -> None:
-    """Write embeddings.npy, items.csv and meta.json into ``out_dir`` together.
+    """Write embeddings.npy, items.csv and meta.json into ``out_dir`` together, from features in memory.
 
     All three are written to temporary files first and renamed only when
     every one is on disk, so a full disk or a write error leaves the previous
     three files as they were (see :class:`contrastkit.atomic.AtomicFiles`).
     """
-    out_dir = Path(out_dir)
-    features = torch.cat([train_features, test_features]).numpy().astype(np.float32)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["index", "split", "source", "label"])
-    i = 0
-    for split_name, ds in (("train", data.train), ("test", data.test)):
-        labels = ds.labels.tolist() if ds.labels is not None else [""] * len(ds)
-        for source, label in zip(ds.sources, labels):
-            writer.writerow([i, split_name, source, label])
-            i += 1
-    meta = {
-        **meta,
-        "count": int(features.shape[0]),
-        "dim": int(features.shape[1]),
-        "splits": {"train": len(data.train), "test": len(data.test)},
-        "class_names": data.train.class_names,
-    }
-    with AtomicFiles() as out:
-        out.save_npy(out_dir / EMBEDDINGS_FILE, features)
-        out.write_text(out_dir / ITEMS_FILE, buf.getvalue())
-        out.write_text(out_dir / META_FILE, json.dumps(meta, indent=2) + "\n")
+    dim = int(train_features.shape[1]) if train_features.ndim == 2 else int(test_features.shape[1])
+    write_embedding_chunks(out_dir, data, [train_features, test_features], dim, meta)
 
 
 def _read_items(items_path: Path) -> list[dict[str, str]]:
@@ -187,9 +279,10 @@ def read_embeddings(folder: Path) -> Embeddings:
         raise DataError(f"{emb_path}: expected a 2-D array (items x dimensions), got shape {features.shape}")
     if features.dtype.kind not in "fiu":
         raise DataError(f"{emb_path}: expected a numeric (float) array, got dtype {features.dtype}")
-    features = np.asarray(features, dtype=np.float32)
-    if not np.isfinite(features).all():
-        bad = int((~np.isfinite(features).all(axis=1)).sum())
+    features = np.asarray(features, dtype=np.float32)  # still the memory map when the file is float32
+    rows = max(1, FINITE_CHECK_VALUES // max(1, features.shape[1]))  # a block at a time: no full-size temporary
+    bad = sum(int((~np.isfinite(features[i : i + rows]).all(axis=1)).sum()) for i in range(0, len(features), rows))
+    if bad:
         raise DataError(f"{emb_path}: {bad} rows hold NaN or inf values; embed again")
     meta: dict[str, Any] = {}
     if meta_path.is_file():
@@ -220,6 +313,7 @@ def embed_run(
     out_dir: str | Path | None = None,
     batch_size: int = 512,
     skip_bad: bool | None = None,
+    workers: int | None = None,
 ) -> Embeddings:
     """Embed a data set (default: the run's own) with a run's best checkpoint and write the files.
 
@@ -231,6 +325,9 @@ def embed_run(
         batch_size: images per forward pass.
         skip_bad: image folders: leave out files that cannot be decoded
             (default: the run's ``config.skip_bad``).
+        workers: processes decoding image files ahead (default: the run's
+            ``config.workers``; None there = automatic, see
+            :func:`contrastkit.data.streaming.resolve_workers`).
     """
     from contrastkit.checkpoint import load_method, run_checkpoint
     from contrastkit.data import load_dataset
@@ -253,8 +350,7 @@ def embed_run(
     method.to(runtime.device)
     if runtime.channels_last:
         method.to(memory_format=torch.channels_last)
-    train_features = compute_embeddings(method, data.train, info, runtime, batch_size)
-    test_features = compute_embeddings(method, data.test, info, runtime, batch_size)
+    workers = config.workers if workers is None else workers
     meta = {
         "run": str(run_dir),
         "checkpoint": str(run_checkpoint(run_dir)),
@@ -263,5 +359,11 @@ def embed_run(
         "data": data_spec if data_spec is not None else config.data,
         "data_name": data.train.name,
     }
-    write_embeddings(Path(out_dir) if out_dir is not None else run_dir, data, train_features, test_features, meta)
-    return read_embeddings(Path(out_dir) if out_dir is not None else run_dir)
+    chunks = (
+        features
+        for split in (data.train, data.test)
+        for features in iter_embeddings(method, split, info, runtime, batch_size, workers=workers)
+    )  # train rows, then test rows, one batch at a time
+    folder = Path(out_dir) if out_dir is not None else run_dir
+    write_embedding_chunks(folder, data, chunks, method.embed_dim, meta)
+    return read_embeddings(folder)

@@ -57,8 +57,9 @@ from contrastkit import distributed
 from contrastkit.atomic import atomic_write_text
 from contrastkit.augment import AugmentConfig, ViewAugment, channel_stats, default_recipe
 from contrastkit.checkpoint import load_checkpoint, save_checkpoint
-from contrastkit.config import TrainConfig
+from contrastkit.config import RESUMABLE_FIELDS, TrainConfig
 from contrastkit.data.dataset import DataSplits, ImageDataset
+from contrastkit.data.streaming import IndexBatches, prefetch, resolve_workers
 from contrastkit.embedding import compute_embeddings
 from contrastkit.errors import CheckpointError, ConfigError, TrainingError
 from contrastkit.knn import knn_accuracy
@@ -188,16 +189,17 @@ class _Monitor:
         self.labelled = data.train.labels is not None and data.test.labels is not None and len(data.test) > 0
         self.k = config.knn_k
         self.num_classes = data.train.num_classes
+        self.workers = config.workers
 
     def __call__(self, method: Method, data: DataSplits, info: dict[str, Any], runtime: Runtime) -> dict[str, float | None]:
-        bank = compute_embeddings(method, data.train, info, runtime, indices=self.bank_idx)
+        bank = compute_embeddings(method, data.train, info, runtime, indices=self.bank_idx, workers=self.workers)
         z = F.normalize(bank, dim=1)
         # Std of L2-normalised embeddings per dimension, times sqrt(D): about 1 when spread, 0 when collapsed
         # (SimSiam, arXiv 2011.10566, Sec. 4.1).
         spread = float(z.std(dim=0).mean() * math.sqrt(z.shape[1]))
         out: dict[str, float | None] = {"knn_top1": None, "embedding_std": spread, "effective_rank": effective_rank(bank)}
         if self.labelled:
-            queries = compute_embeddings(method, data.test, info, runtime, indices=self.query_idx)
+            queries = compute_embeddings(method, data.test, info, runtime, indices=self.query_idx, workers=self.workers)
             out["knn_top1"] = knn_accuracy(
                 bank, data.train.labels[self.bank_idx], queries, data.test.labels[self.query_idx],
                 k=self.k, num_classes=self.num_classes,
@@ -333,6 +335,7 @@ def _fit(
     steps_per_epoch = n // batch
     total_steps = config.epochs * steps_per_epoch
     warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+    workers = resolve_workers(config.workers, data.train)
 
     start_epoch, step_in_epoch, aug_state = 0, 0, None
     history: list[dict[str, Any]] = []
@@ -342,7 +345,8 @@ def _fit(
         if not last_path.exists():
             raise CheckpointError(f"{run_dir}: nothing to resume, no {last_path}")
         state = load_checkpoint(last_path)  # on every rank: identical weights, optimiser and counters
-        if TrainConfig.from_dict(state["config"]) != config:  # fields added since are filled with defaults
+        saved = TrainConfig.from_dict(state["config"])  # fields added since are filled with defaults
+        if dataclasses.replace(saved, **{f: getattr(config, f) for f in RESUMABLE_FIELDS}) != config:
             raise ConfigError(f"{last_path}: the checkpoint's configuration differs from this one; resume with the run's own config.json")
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -392,6 +396,7 @@ def _fit(
     )
     if not done and main:
         where = f", {world} processes x {local_batch} images ({distributed.backend_for(runtime.device)})" if world > 1 else ""
+        where += f", {workers} loader workers" if workers else ""
         tqdm.write(f"training {config.method}/{config.backbone} on {len(data.train)} images ({data.train.name}), "
                    f"{runtime.describe()}{where}, {config.epochs} epochs x {steps_per_epoch} steps", file=sys.stderr)
     method.train()
@@ -406,13 +411,15 @@ def _fit(
         else:
             gen.manual_seed(augment_seed(config.seed, epoch, rank))
         t_epoch, images_seen = time.perf_counter(), 0
-        for step in range(step_in_epoch, steps_per_epoch):
+        # This rank's block of each global batch from the step reached on, decoded ahead by the workers.
+        batches = IndexBatches(order, batch, step_in_epoch, steps_per_epoch, rank, world)  # each (batch / world,)
+        loader = prefetch(data.train, batches, workers, pin_memory=runtime.device.type == "cuda")
+        for step, idx, images in zip(range(step_in_epoch, steps_per_epoch), batches, loader):
             global_step = epoch * steps_per_epoch + step
             lr = lr_at(global_step, config.peak_lr, warmup_steps, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            idx = distributed.shard(order[step * batch : (step + 1) * batch], rank, world)  # (batch / world,)
-            x = data.train.get_batch(idx).to(runtime.device, non_blocking=True)
+            x = images.to(runtime.device, non_blocking=True)  # (batch / world, C, H, W) uint8
             labels = data.train.labels[idx].to(runtime.device) if data.train.labels is not None else None
             views = make_views(x, gen)
             with runtime.autocast():
@@ -439,6 +446,7 @@ def _fit(
             if save_now:
                 checkpoint(epoch, step + 1, gen)
                 last_save = time.monotonic()
+        loader.close()  # its workers stop before the monitor runs
         epoch_seconds = time.perf_counter() - t_epoch
         step_in_epoch = 0
 

@@ -30,6 +30,7 @@ composited on a white background, as a browser shows them.
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from contextlib import contextmanager
@@ -172,8 +173,15 @@ def load_image_file(path: Path, channels: int, size: tuple[int, int] | None) -> 
 class LazyFolderImages:
     """Image files decoded on demand (implements the ``LazyImages`` protocol).
 
+    The paths are kept in two numpy arrays (their bytes, joined, and the
+    offsets), not as one Python object per file: a few bytes per image, quick
+    to pickle for DataLoader worker processes, and nothing for forked workers
+    to copy page by page as they touch reference counts (a list of millions
+    of paths would be duplicated in every worker).
+
     Attributes:
-        files: the image files, in item order.
+        files: the image files, in item order (a list built on each access;
+            :meth:`path` gives one).
         shape: (N, C, H, W) of the decoded images.
     """
 
@@ -186,25 +194,42 @@ class LazyFolderImages:
             size: (H, W) every image is decoded to (resized when it differs).
         """
         _check_channels(channels)
-        self.files = list(files)
+        encoded = [os.fsencode(p) for p in files]
+        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)  # (N + 1,) path i is bytes [o[i], o[i + 1])
+        np.cumsum([len(b) for b in encoded], out=self._offsets[1:])
+        self._bytes = np.frombuffer(b"".join(encoded), dtype=np.uint8)  # (total bytes,)
         self.channels = channels
         self.size = size
-        self.shape = (len(self.files), channels, size[0], size[1])
+        self.shape = (len(encoded), channels, size[0], size[1])
 
     def __len__(self) -> int:
-        return len(self.files)
+        return self.shape[0]
+
+    def path(self, i: int) -> Path:
+        """The file of item ``i`` (negative counts from the end, as in a list)."""
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"item {i} of a lazy data set of {n} images")
+        i %= n
+        start, stop = int(self._offsets[i]), int(self._offsets[i + 1])
+        return Path(os.fsdecode(self._bytes[start:stop].tobytes()))
+
+    @property
+    def files(self) -> list[Path]:
+        """Every file, in item order."""
+        return [self.path(i) for i in range(len(self))]
 
     def get_batch(self, indices: torch.Tensor) -> torch.Tensor:
         """Decode the files at int64 ``indices`` (B,) into uint8 (B, C, H, W)."""
         idx = torch.as_tensor(indices, dtype=torch.int64).reshape(-1).tolist()
         out = torch.empty((len(idx), *self.shape[1:]), dtype=torch.uint8)  # (B, C, H, W)
         for j, i in enumerate(idx):
-            out[j] = torch.from_numpy(_decode(self.files[i], self.channels, self.size))
+            out[j] = torch.from_numpy(_decode(self.path(i), self.channels, self.size))
         return out
 
     def view(self, indices: Sequence[int] | np.ndarray) -> "LazyFolderImages":
         """A lazy data set of the files at ``indices`` (nothing is decoded)."""
-        return LazyFolderImages([self.files[int(i)] for i in indices], self.channels, self.size)
+        return LazyFolderImages([self.path(int(i)) for i in indices], self.channels, self.size)
 
 
 def _image_files(folder: Path, recursive: bool) -> list[Path]:
