@@ -176,6 +176,16 @@ def test_seed_confidence_is_lowest_between_blobs(model):
     assert r.confidence[120:].max() < 0.8 < np.median(r.confidence[:120])
 
 
+def test_one_seed_per_class_labels_everything():
+    """Two classes, 1 seed each: every cross-validation fold trains on one seed of one class; no model may fail."""
+    x, y = blobs(classes=2)
+    idx = seeds_of(y, 1)
+    r = label_from_seeds(x, idx, y[idx])
+    rest = np.setdiff1d(np.arange(len(y)), idx)
+    assert (r.labels[rest] == y[rest]).mean() > 0.9
+    assert set(r.cv_accuracy) == {"knn", "propagation", "linear"}
+
+
 def clumps(seed: int = 0):
     """Two classes split by the sign of one coordinate, each made of 8 small, far-apart clumps.
 

@@ -349,7 +349,15 @@ def _predict_propagation(xn: np.ndarray, idx: np.ndarray, y: np.ndarray, c: int,
 
 
 def _predict_linear(xn: np.ndarray, idx: np.ndarray, y: np.ndarray, c: int, k: int, seed: int = 0) -> np.ndarray:
-    """(N, C) probabilities of a linear probe fitted on the seeds."""
+    """(N, C) probabilities of a linear probe fitted on the seeds.
+
+    Seeds of a single class (a cross-validation fold of very few seeds can
+    leave one) admit no classifier: every item gets that class.
+    """
+    if len(np.unique(y)) < 2:
+        proba = np.zeros((len(xn), c))
+        proba[:, int(y[0])] = 1.0
+        return proba
     probe = fit_linear_probe(torch.from_numpy(xn[idx]).float(), torch.from_numpy(y), num_classes=c, seed=seed)
     return probe.predict_proba(torch.from_numpy(xn).float()).double().numpy()
 
