@@ -137,3 +137,17 @@ def test_autolabel_retrieval_runs_on_a_trained_run(trained_copy, capsys) -> None
     load("autolabel_retrieval").main([str(run), "--seeds-per-class", "2", "--draws", "1"])
     text = capsys.readouterr().out
     assert "| k-means cluster accuracy |" in text and "| 2 label(s)/class" in text and "| retrieval mAP |" in text
+
+
+def test_index_and_kmeans_scale_scripts_run(tmp_path) -> None:
+    """Run as scripts: index_scale measures each index kind in its own process (its own peak memory)."""
+    import subprocess
+
+    out = tmp_path / "index.json"
+    subprocess.run([sys.executable, str(BENCH / "index_scale.py"), "--sizes", "12000", "--dim", "16", "--queries", "50",
+                    "--tune-queries", "50", "--repeats", "1", "--kinds", "flat,ivf,ivfpq", "--out", str(out)],
+                   check=True, capture_output=True, text=True)
+    assert "ivfpq" in out.read_text()
+    run = subprocess.run([sys.executable, str(BENCH / "kmeans_scale.py"), "--sizes", "3000", "--dim", "16",
+                          "--out", str(tmp_path / "km.json")], check=True, capture_output=True, text=True)
+    assert "faiss" in run.stdout
