@@ -79,12 +79,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {args.out} ({len(lines)} epochs, {seconds:.0f} s); loss {lines[0]['train_loss']:.3f} -> "
           f"{lines[-1]['train_loss']:.3f}; held-out kNN best {pct(curve[best])} at epoch {best + 1}, last {pct(curve[-1])}")
     print()
-    print("| patience | stops at epoch | kept checkpoint (epoch, kNN) | training time saved | kNN vs last epoch |")
-    print("|---|---|---|---|---|")
+    print("| patience | stops at epoch | kept checkpoint (epoch, kNN) | epochs saved | training time saved | kNN vs last epoch |")
+    print("|---|---|---|---|---|---|")
     for p in args.patience:
         stop, kept = early_stop(curve, p)
         saved = lines[-1]["seconds"] - lines[stop - 1]["seconds"]
-        print(f"| {p} | {stop} | {kept}, {pct(curve[kept - 1])} | {saved:.0f} s ({saved / lines[-1]['seconds']:.0%}) | "
+        print(f"| {p} | {stop} | {kept}, {pct(curve[kept - 1])} | {len(curve) - stop} ({(len(curve) - stop) / len(curve):.0%}) | "
+              f"{saved:.0f} s ({saved / lines[-1]['seconds']:.0%}) | "
               f"{100 * (curve[kept - 1] - curve[-1]):+.2f} points |")
 
 

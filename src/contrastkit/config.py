@@ -25,7 +25,7 @@ PRECISION_NAMES = ("auto", "bf16", "fp16", "fp32")
 
 
 # Fields that say how a run executes, not what it learns: a resumed run may change them.
-RESUMABLE_FIELDS = ("device", "checkpoint_minutes", "workers")
+RESUMABLE_FIELDS = ("device", "checkpoint_minutes", "workers", "compile")
 
 
 def _field(default: Any, help: str) -> Any:
@@ -89,6 +89,7 @@ class TrainConfig:
     monitor_queries: int = _field(2000, "held-out images classified by the kNN monitor each epoch")
     knn_k: int = _field(20, "neighbours of the kNN monitor (cosine similarity, majority vote)")
     checkpoint_minutes: float = _field(5.0, "also checkpoint inside an epoch at this interval, in minutes")
+    compile: bool = _field(False, "torch.compile the backbone (PyTorch 2 compiler, in place: checkpoints keep their keys). Pays a one-time compilation of tens of seconds (and again when the batch shape changes, e.g. for the kNN monitor), then runs faster steps, mostly on GPUs; on CPUs it needs a C++ compiler. Does not change what is learnt beyond floating-point rounding")
     sync_bn: bool = _field(False, "under torchrun on CUDA GPUs: batch-norm statistics over the global batch (SyncBatchNorm; SimCLR's global BN, arXiv 2002.05709 Sec. 2.3) instead of each process's share; costs a collective per BN layer. PyTorch's SyncBatchNorm does not run on CPUs; a single process ignores it")
 
 

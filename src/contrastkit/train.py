@@ -327,6 +327,8 @@ def _fit(
         method.to(memory_format=torch.channels_last)
     if config.sync_bn and world > 1:
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)  # in place: same parameters, same state-dict keys
+    if config.compile:
+        method.backbone.compile()  # nn.Module.compile: in place, so state-dict keys do not change
     optimizer = build_optimizer(method, config)
     scaler = torch.amp.GradScaler(enabled=runtime.dtype == torch.float16)
     monitor = _Monitor(data, config) if main else None
