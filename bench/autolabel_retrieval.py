@@ -35,17 +35,12 @@ import torch
 from contrastkit.data import load_dataset
 from contrastkit.embedding import EMBEDDINGS_FILE, embed_run, read_embeddings
 from contrastkit.evaluation import _raw_pixels, _run_config
+from contrastkit.index import normalise
 from contrastkit.label import SEED_MODELS, cluster_metrics, label_clusters, label_from_seeds
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from environment import describe  # noqa: E402
 from harness import pct  # noqa: E402
-
-
-def normalise(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (float32)."""
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def retrieval_metrics(db: np.ndarray, db_y: np.ndarray, q: np.ndarray, q_y: np.ndarray,

@@ -38,7 +38,7 @@ import torch
 from contrastkit.config import TrainConfig
 from contrastkit.data import load_dataset
 from contrastkit.embedding import read_embeddings
-from contrastkit.knn import knn_predict
+from contrastkit.evaluation import evaluate_features
 from contrastkit.losses import nt_xent_loss
 from contrastkit.train import data_info
 
@@ -56,12 +56,9 @@ def child_env(threads: int) -> dict[str, str]:
 
 
 def knn_scores(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> tuple[float, float]:
-    """(kNN k=20, weighted k=200) top-1 accuracy, contrastkit's kNN on both sides."""
-    tx, ty, qx, qy = (torch.from_numpy(np.asarray(a)) for a in (train_x, train_y, test_x, test_y))
-    c = int(ty.max()) + 1
-    k20 = (knn_predict(tx, ty, qx, k=20, num_classes=c) == qy).float().mean().item()
-    k200 = (knn_predict(tx, ty, qx, k=200, temperature=0.07, num_classes=c) == qy).float().mean().item()
-    return k20, k200
+    """(kNN k=20, weighted k=200) top-1 accuracy: contrastkit's evaluation on both sides."""
+    out = evaluate_features(*(torch.from_numpy(np.asarray(a)) for a in (train_x, train_y, test_x, test_y)), linear=False)
+    return out["knn_top1_k20"], out["knn_top1_k200_weighted"]
 
 
 def check_ntxent(python: Path, tmp: Path, threads: int) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -58,3 +58,15 @@ def trained_copy(fmnist_small, tmp_path_factory) -> Callable[..., Path]:
         return copy
 
     return make
+
+
+@pytest.fixture
+def one_faiss_thread() -> Iterator[None]:
+    """FAISS on one thread for the test: tiny indexes and k-means gain nothing from threads, and OpenMP
+    spin-waits badly on a busy machine (used by test_index.py and test_label.py)."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)

@@ -28,15 +28,7 @@ from contrastkit.index import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_faiss_thread():
-    """Tiny indexes gain nothing from threads, and OpenMP spin-waits badly on a busy machine."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 def numpy_cosine_topk(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

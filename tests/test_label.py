@@ -26,15 +26,7 @@ from contrastkit.label import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_faiss_thread():
-    """Tiny k-means gains nothing from threads, and OpenMP spin-waits badly on a busy machine."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 def blobs(per_class: int = 50, classes: int = 4, dim: int = 8, spread: float = 0.15, seed: int = 0):

@@ -38,9 +38,6 @@ CHOICES = {
     "precision": PRECISION_NAMES,
 }
 TYPES = {"int": int, "float": float, "str": str}
-RESUMABLE_OVERRIDES = set(RESUMABLE_FIELDS)  # options a resumed run may change
-
-
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field; defaults are suppressed so only given options are set."""
     defaults = TrainConfig()
@@ -253,11 +250,11 @@ def _config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
         if args.out is None:
             raise ConfigError("--resume needs --out, the run folder to continue")
         saved = TrainConfig.load(args.out / "config.json")
-        changed = {k: v for k, v in given.items() if getattr(saved, k) != v and k not in RESUMABLE_OVERRIDES}
+        changed = {k: v for k, v in given.items() if getattr(saved, k) != v and k not in RESUMABLE_FIELDS}
         if changed:
             opts = ", ".join(f"--{k.replace('_', '-')}" for k in sorted(changed))
             raise ConfigError(f"{args.out}: a resumed run keeps its configuration; drop {opts} (saved in {args.out / 'config.json'})")
-        config = dataclasses.replace(saved, **{k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES})
+        config = dataclasses.replace(saved, **{k: v for k, v in given.items() if k in RESUMABLE_FIELDS})
         return config, args.out
     config = TrainConfig(**given)
     out = args.out
