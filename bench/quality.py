@@ -15,6 +15,7 @@ Usage:
     python bench/quality.py --minutes 10
     python bench/quality.py --minutes 10 30 --repeats 3 --out quality.json
     python bench/quality.py --minutes 1 --set backbone=seed_cnn --set batch_size=256
+    python bench/quality.py --minutes 10 --epochs 9 --set crop_min_scale=0.2 --no-supervised   # a recipe at fixed epochs
 """
 
 from __future__ import annotations
@@ -58,10 +59,10 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def budget_run(config: TrainConfig, data, minutes: float, root: Path, tag: str) -> dict[str, Any]:
-    """Calibrate, train for the budget, evaluate; one row of results."""
+def budget_run(config: TrainConfig, data, minutes: float, root: Path, tag: str, epochs: int | None = None) -> dict[str, Any]:
+    """Calibrate, train for the budget (or exactly ``epochs``), evaluate; one row of results."""
     rate = images_per_second(config, data)
-    epochs = epochs_for_budget(minutes, rate, len(data.train), overhead=MONITOR_SECONDS)
+    epochs = epochs or epochs_for_budget(minutes, rate, len(data.train), overhead=MONITOR_SECONDS)
     config = dataclasses.replace(config, epochs=epochs)
     method, result, seconds = train(config, data, root / tag)
     metrics = frozen_metrics(method, data, config)
@@ -109,6 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a TrainConfig field (default: the default recipe)")
     parser.add_argument("--no-supervised", action="store_true", help="skip the supervised baseline")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="train exactly this many epochs instead of filling the budget (to compare a recipe with "
+                             "another at the epochs the budget gave it; the supervised baseline still fills the budget)")
     parser.add_argument("--out", type=Path, default=None, help="write all results as JSON here")
     parser.add_argument("--keep", type=Path, default=None, help="keep the run folders here (default: a temporary folder)")
     args = parser.parse_args(argv)
@@ -133,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         for minutes in args.minutes:
             for seed in range(args.repeats):
                 config = dataclasses.replace(base, seed=seed)
-                ssl_rows.append(budget_run(config, data, minutes, root, f"{base.method}-{minutes:g}min-seed{seed}"))
+                ssl_rows.append(budget_run(config, data, minutes, root, f"{base.method}-{minutes:g}min-seed{seed}", args.epochs))
                 if not args.no_supervised:
                     sup_rows.append(supervised_run(config, data, minutes, root, f"supervised-{minutes:g}min-seed{seed}"))
 

@@ -6,14 +6,22 @@ epoch (median over seeds) with the final spread, beside the raw-pixel and
 untrained-network kNN on the same images. Variants alternate seed by seed, so
 machine noise spreads evenly over them.
 
+A variant may carry a third element, overrides of the view recipe
+(:class:`contrastkit.augment.AugmentConfig` fields, e.g. stronger intensity
+jitter) applied on top of the default recipe for the data: a way to try a
+recipe before it becomes a default or an option.
+
 Usage:
     python bench/recipe_sweep.py --epochs 5 --variants '[["b512", {"batch_size": 512}], ["b128", {"batch_size": 128}]]'
+    python bench/recipe_sweep.py --epochs 3 --variants '[["default", {}], ["jitter0.8", {}, {"brightness": 0.8, "contrast": 0.8}]]'
     python bench/recipe_sweep.py --data fashion-mnist --epochs 3 --seeds 3
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import os
 import statistics
@@ -23,6 +31,7 @@ import time
 
 import torch
 
+import contrastkit.train as train_module
 from contrastkit.config import TrainConfig
 from contrastkit.data import load_dataset
 from contrastkit.embedding import compute_embeddings
@@ -36,6 +45,24 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from environment import describe  # noqa: E402
 
 DEFAULT_VARIANTS = [["default", {}]]
+
+
+@contextlib.contextmanager
+def view_recipe_overrides(overrides: dict):
+    """Within the block, training views use the default recipe with these AugmentConfig fields replaced."""
+    if not overrides:
+        yield
+        return
+    original = train_module.augment_recipe
+
+    def patched(info, config):
+        return dataclasses.replace(original(info, config), **overrides)
+
+    train_module.augment_recipe = patched
+    try:
+        yield
+    finally:
+        train_module.augment_recipe = original
 
 
 def untrained_knn(config: TrainConfig, data) -> float:
@@ -58,23 +85,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=1, help="runs per variant (seeds 0..N-1)")
     parser.add_argument("--variants", default=json.dumps(DEFAULT_VARIANTS),
-                        help='JSON list of [name, {TrainConfig overrides}]')
+                        help='JSON list of [name, {TrainConfig overrides}] or [name, {TrainConfig overrides}, {AugmentConfig overrides}]')
     args = parser.parse_args(argv)
-    variants = json.loads(args.variants)
+    variants = [(v[0], v[1], v[2] if len(v) > 2 else {}) for v in json.loads(args.variants)]
 
     print(describe())
     data = load_dataset(args.data)
     print(f"data: {data.train.name} {len(data.train)} train / {len(data.test)} test; {args.epochs} epochs, seeds 0..{args.seeds - 1}")
     print(f"raw-pixel kNN (k=20, all test images): {raw_pixel_knn(data):.2%}")
-    results: dict[str, list[list[float]]] = {name: [] for name, _ in variants}
-    seconds: dict[str, list[float]] = {name: [] for name, _ in variants}
+    results: dict[str, list[list[float]]] = {name: [] for name, _, _ in variants}
+    seconds: dict[str, list[float]] = {name: [] for name, _, _ in variants}
     for seed in range(args.seeds):
-        for name, overrides in variants:
+        for name, overrides, view_overrides in variants:
             config = TrainConfig(**{"data": args.data, "epochs": args.epochs, "seed": seed, **overrides})
             if seed == 0:
                 print(f"{name}: untrained network kNN {untrained_knn(config, data):.2%}", flush=True)
             method = build_method(config, data.train.shape[0], data.train.num_classes)
-            with tempfile.TemporaryDirectory() as tmp:
+            with tempfile.TemporaryDirectory() as tmp, view_recipe_overrides(view_overrides):
                 t0 = time.perf_counter()
                 result = fit(method, data, config, tmp, progress=False)
                 seconds[name].append(time.perf_counter() - t0)
@@ -84,11 +111,12 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(f"| variant | overrides | kNN monitor per epoch (median of {args.seeds}) | final min-max | seconds |")
     print("|---|---|---|---|---|")
-    for name, overrides in variants:
+    for name, overrides, view_overrides in variants:
         runs = results[name]
         per_epoch = [statistics.median(r[e] for r in runs) for e in range(len(runs[0]))]
         finals = [r[-1] for r in runs]
-        print(f"| {name} | `{json.dumps(overrides)}` | {' '.join(f'{k:.1%}' for k in per_epoch)} | "
+        shown = json.dumps(overrides) + (f" views {json.dumps(view_overrides)}" if view_overrides else "")
+        print(f"| {name} | `{shown}` | {' '.join(f'{k:.1%}' for k in per_epoch)} | "
               f"{min(finals):.1%}-{max(finals):.1%} | {statistics.median(seconds[name]):.0f} |")
 
 

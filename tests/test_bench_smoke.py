@@ -12,6 +12,8 @@ from types import ModuleType
 import numpy as np
 import pytest
 
+from contrastkit.config import TrainConfig
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
@@ -37,6 +39,14 @@ def test_quality_prints_every_row_and_writes_json(fmnist_small, tmp_path, capsys
     assert ssl["epochs"] >= 1 and 0 < ssl["knn_top1_k20"] <= 1 and 0 < ssl["linear_probe_top1"] <= 1
     assert len(ssl["knn_monitor"]) == ssl["epochs"]
     assert 0 < result["supervised"][0]["test_top1"] <= 1
+
+
+def test_quality_trains_fixed_epochs_when_asked(fmnist_small, capsys) -> None:
+    path, _ = fmnist_small
+    load("quality").main(["--data", str(path), "--minutes", "10", "--epochs", "1", "--no-supervised",
+                          "--set", "batch_size=32", "--set", "monitor_bank=100", "--set", "monitor_queries=100"])
+    text = capsys.readouterr().out
+    assert "| simclr (small_cnn) | 10 min | 1 |" in text and "| supervised" not in text
 
 
 def test_quality_rejects_an_unknown_override() -> None:
@@ -104,8 +114,14 @@ def test_overfitting_early_stop_rule_and_jsonl(fmnist_small, tmp_path, capsys) -
 def test_recipe_sweep_and_methods_run(fmnist_small, capsys) -> None:
     path, _ = fmnist_small
     load("recipe_sweep").main(["--data", str(path), "--epochs", "1",
-                               "--variants", '[["b64", {"batch_size": 64, "monitor_bank": 100}]]'])
-    assert "| b64 |" in capsys.readouterr().out
+                               "--variants", '[["b64", {"batch_size": 64, "monitor_bank": 100}], '
+                               '["jitter", {"batch_size": 64, "monitor_bank": 100}, {"brightness": 0.8}]]'])
+    out = capsys.readouterr().out
+    assert "| b64 |" in out and '| jitter | `{"batch_size": 64, "monitor_bank": 100} views {"brightness": 0.8}` |' in out
+    recipe = load("recipe_sweep")
+    with recipe.view_recipe_overrides({"contrast": 0.9}):
+        assert recipe.train_module.augment_recipe({"channels": 1, "image_size": 28}, TrainConfig()).contrast == 0.9
+    assert recipe.train_module.augment_recipe({"channels": 1, "image_size": 28}, TrainConfig()).contrast == 0.4
     load("methods").main(["--data", str(path), "--minutes", "0.001", "--methods", "simclr"])
     assert "| simclr | 1 |" in capsys.readouterr().out
 

@@ -157,6 +157,30 @@ def test_each_seed_model_labels_blobs_from_few_seeds(model, per_class):
     assert np.allclose(r.proba.sum(1), 1.0)
 
 
+def test_propagation_on_the_shared_graph_equals_scikit_learn_label_spreading():
+    """The graph built once (exact cosine kNN) gives scikit-learn's own kNN-kernel result."""
+    import warnings
+
+    from sklearn.semi_supervised import LabelSpreading
+
+    from contrastkit.label import _normalise, _predict_propagation, knn_graph
+
+    rng = np.random.default_rng(0)
+    x = _normalise(rng.normal(size=(150, 6)).astype(np.float32))
+    idx = np.arange(0, 150, 10)
+    y = np.arange(len(idx)) % 3
+    target = np.full(150, -1)
+    target[idx] = y
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = LabelSpreading(kernel="knn", n_neighbors=7, max_iter=100).fit(x, target).label_distributions_
+    graph = knn_graph(x, 7)
+    assert graph.shape == (150, 150) and (graph.sum(1) == 7).all() and (graph.diagonal() == 1).all()
+    ours = _predict_propagation(x, idx, y, 3, 7, graph)
+    np.testing.assert_allclose(ours, ref / ref.sum(1, keepdims=True), atol=1e-9)
+    np.testing.assert_allclose(_predict_propagation(x, idx, y, 3, 7), ours)  # builds the same graph itself
+
+
 @pytest.mark.parametrize("model", ["knn", "propagation"])
 def test_seed_confidence_is_lowest_between_blobs(model):
     x, y = blobs(per_class=40, classes=3, spread=0.1)

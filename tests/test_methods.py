@@ -305,6 +305,40 @@ def test_dino_head_is_an_l2_bottleneck_then_weight_normalised_prototypes() -> No
         DINOHead(12, 32, 8, 0)
 
 
+def test_local_views_default_per_method() -> None:
+    assert _build("dino").num_local_views == 4  # the DINO recipe is multi-crop
+    assert _build("simclr").num_local_views == 0  # plain two-view SimCLR unless asked
+    assert _build("simclr", local_views=3).num_local_views == 3
+    assert _build("byol", local_views=3).num_local_views == 0  # other methods ignore it
+
+
+def test_simclr_multi_crop_is_supcon_with_one_class_per_image() -> None:
+    from contrastkit.losses import nt_xent_loss, supcon_loss
+
+    method = _build("simclr", local_views=2, temperature=0.2)
+    views = _views_for(method, b=5)
+    assert [tuple(v.shape) for v in views] == [(5, 1, 16, 16)] * 2 + [(5, 1, 8, 8)] * 2
+    shapes: list[tuple[int, ...]] = []
+    method.backbone.register_forward_hook(lambda m, i, o: shapes.append(tuple(i[0].shape)))
+    method.eval()  # batch norm on running statistics: per-view passes give the same features
+    with torch.no_grad():
+        loss, _ = method(views)
+        assert shapes == [(10, 1, 16, 16), (10, 1, 8, 8)]  # one backbone pass per view size
+        z = torch.stack([method.head(method.backbone(v)) for v in views], dim=1)  # (B, V, D)
+        torch.testing.assert_close(loss, supcon_loss(z, torch.arange(5), 0.2))
+        # Its local crops change the loss; without them it is NT-Xent.
+        assert not torch.allclose(loss, nt_xent_loss(z[:, 0], z[:, 1], 0.2))
+        two_view = _build("simclr", temperature=0.2)
+        two_view.load_state_dict(method.state_dict())
+        two_view.eval()
+        loss2, _ = two_view(views[:2])
+        torch.testing.assert_close(loss2, nt_xent_loss(z[:, 0], z[:, 1], 0.2))
+    method.train()
+    loss, _ = method(views)
+    loss.backward()
+    assert _first_conv(method.backbone).weight.grad.abs().sum() > 0
+
+
 def test_dino_views_and_one_backbone_pass_per_size() -> None:
     method = _build("dino", local_views=3)
     assert isinstance(method, DINO) and (method.num_views, method.num_local_views) == (2, 3)
@@ -332,6 +366,49 @@ def test_dino_without_local_views_is_algorithm_1() -> None:
         t = torch.stack([method.teacher_head(method.teacher_backbone(torch.cat(views)))[i * 4 : (i + 1) * 4] for i in range(2)])
     # H(t1, s2)/2 + H(t2, s1)/2 with the centre before the update (BN in training mode: same batch statistics)
     torch.testing.assert_close(loss.detach(), dino_loss(s, t, center, 0.1, 0.04), rtol=1e-5, atol=1e-6)
+
+
+def test_warmed_up_is_linear_then_constant() -> None:
+    from contrastkit.methods import warmed_up
+
+    assert [warmed_up(k, 4, 0.04, 0.08) for k in (0, 1, 2, 4, 9)] == pytest.approx([0.04, 0.05, 0.06, 0.08, 0.08])
+    assert warmed_up(0, 0, 0.04, 0.07) == 0.07  # no warm-up: the final value from the start
+
+
+def test_dino_teacher_temperature_warm_up_per_step_and_in_the_state_dict() -> None:
+    from contrastkit.losses import dino_loss
+
+    assert "teacher_temp" not in _build("dino").state_dict()  # off by default: checkpoints keep their keys
+    method = _build("dino", local_views=0, epochs=4, dino_warmup_teacher_temp=0.04,
+                    dino_teacher_temp=0.08, dino_warmup_teacher_temp_epochs=2)
+    assert float(method.state_dict()["teacher_temp"]) == pytest.approx(0.04)
+    views = _views_for(method, b=4)
+    center = method.loss.center.clone()
+    loss, logs = method(views)
+    assert logs["teacher_temp"] == pytest.approx(0.04)
+    with torch.no_grad():
+        s = method.head(method.backbone(torch.cat(views))).reshape(2, 4, -1)
+        t = method.teacher_head(method.teacher_backbone(torch.cat(views))).reshape(2, 4, -1)
+    torch.testing.assert_close(loss.detach(), dino_loss(s, t, center, 0.1, 0.04), rtol=1e-5, atol=1e-6)
+    # 8 steps in all, 2 of 4 epochs of warm-up = 4 steps: 0.04, 0.05, 0.06, 0.07, then 0.08.
+    seen = []
+    for step in range(1, 7):
+        method.after_step(step, 8)
+        seen.append(float(method.teacher_temp))
+    assert seen == pytest.approx([0.05, 0.06, 0.07, 0.08, 0.08, 0.08])
+    method.after_step(2, 8)
+    resumed = _build("dino", local_views=0, epochs=4, dino_warmup_teacher_temp=0.04,
+                     dino_teacher_temp=0.08, dino_warmup_teacher_temp_epochs=2)
+    resumed.load_state_dict(method.state_dict())  # a checkpoint carries the temperature of the next step
+    _, logs = resumed(views)
+    assert logs["teacher_temp"] == pytest.approx(0.06)
+
+
+def test_dino_warm_up_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match="--dino-warmup-teacher-temp must be > 0"):
+        TrainConfig(method="dino", dino_warmup_teacher_temp=0.0)
+    with pytest.raises(ConfigError, match="--dino-warmup-teacher-temp-epochs must be a finite number >= 0"):
+        TrainConfig(method="dino", dino_warmup_teacher_temp_epochs=-1)
 
 
 def test_dino_centre_moves_after_a_training_forward_only() -> None:

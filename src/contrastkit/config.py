@@ -67,8 +67,10 @@ class TrainConfig:
     dino_out_dim: int = _field(1024, "dino: prototypes K, the size of the distributions the student matches to the teacher (> 0). Paper 65536 on ImageNet; 1024 keeps the head's last layer (--proj-dim x K weights) and the loss cheap on CPU and is still 100x the classes of Fashion-MNIST / CIFAR-10; try 4096+ for larger, more varied data")
     dino_student_temp: float = _field(0.1, "dino: student softmax temperature tau_s (> 0); paper 0.1")
     dino_teacher_temp: float = _field(0.04, "dino: teacher softmax temperature tau_t (> 0), below --dino-student-temp so the teacher's targets are sharper; paper 0.04 (its default), up to 0.07 for long runs. Too high and the outputs collapse to uniform, too low and to one prototype")
+    dino_warmup_teacher_temp: float = _field(0.04, "dino: teacher temperature (> 0) at the start of the linear warm-up to --dino-teacher-temp over --dino-warmup-teacher-temp-epochs; paper 0.04 (warmed up to 0.07 over 30 epochs)")
+    dino_warmup_teacher_temp_epochs: float = _field(0.0, "dino: epochs (>= 0) of the teacher-temperature warm-up from --dino-warmup-teacher-temp to --dino-teacher-temp, per optimiser step; 0 = constant --dino-teacher-temp (the paper code's default); paper 30 of 100+ epochs, with --dino-teacher-temp 0.07")
     dino_center_momentum: float = _field(0.9, "dino: EMA rate m in [0, 1) of the centre subtracted from the teacher's logits, per step (c = m c + (1 - m) batch mean); paper 0.9")
-    local_views: int = _field(4, "dino: small local crops per image (multi-crop) besides the 2 global views, seen by the student only: side round(size x 96/224) px (12 px for 28 px images), area fraction 0.05-0.4; 0 = no multi-crop. Each costs about (96/224)^2 = 0.18 of a global view, so 4 make a step about 1.4x as long as with 2 views; the paper uses 6-10")
+    local_views: int | None = _field(None, "multi-crop (dino, simclr): small local crops per image besides the 2 global views: side round(size x 96/224) px (12 px for 28 px images), area fraction 0.05-0.4; dino's student sees them (the teacher only the global views), simclr treats every view of an image as a positive of every other (SupCon's loss with one class per image). 0 = no multi-crop; omitted = 4 for dino, 0 for simclr; other methods ignore it. Each costs about (96/224)^2 = 0.18 of a global view, so 4 make a step about 1.4x as long as with 2 views; the DINO paper uses 6-10")
     queue_size: int = _field(4096, "moco: negative keys in the queue; nnclr: projections in the support set (> 0). Papers use 65536 (MoCo) and 98304 (NNCLR) on ImageNet; keep it well below the number of training images, 4096 suits Fashion-MNIST / CIFAR")
 
     # --- optimisation ---
@@ -107,9 +109,12 @@ class TrainConfig:
         _check_positive("dino_out_dim", self.dino_out_dim)
         _check_positive("dino_student_temp", self.dino_student_temp)
         _check_positive("dino_teacher_temp", self.dino_teacher_temp)
+        _check_positive("dino_warmup_teacher_temp", self.dino_warmup_teacher_temp)
+        if not 0 <= self.dino_warmup_teacher_temp_epochs < float("inf"):
+            raise ConfigError(f"--dino-warmup-teacher-temp-epochs must be a finite number >= 0, got {self.dino_warmup_teacher_temp_epochs}")
         if not 0 <= self.dino_center_momentum < 1:
             raise ConfigError(f"--dino-center-momentum must be in [0, 1) (EMA rate of the centre), got {self.dino_center_momentum}")
-        if self.local_views < 0:
+        if self.local_views is not None and self.local_views < 0:
             raise ConfigError(f"--local-views must be >= 0 (0 = no multi-crop), got {self.local_views}")
         if self.barlow_lambda is not None and not 0 <= self.barlow_lambda < float("inf"):
             raise ConfigError(f"--barlow-lambda must be a finite number >= 0, got {self.barlow_lambda}")

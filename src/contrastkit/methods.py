@@ -106,16 +106,31 @@ class SimCLR(Method):
     Under data parallelism the projections of every rank are gathered first,
     so each image has the 2(N - 1) negatives of the global batch of N
     (Sec. 2 and Appendix B.1, "we aggregate ... over all devices").
+
+    With ``--local-views L > 0`` (multi-crop, Caron et al. 2020, arXiv
+    2006.09882, Sec. 3.2, as solo-learn offers it for SimCLR) each image
+    also gives L small local crops, and the loss is SupCon's L^sup_out
+    (arXiv 2004.11362, Eq. 2) with every image its own class: each of the
+    2 + L views is an anchor whose positives are the other views of its
+    image and whose negatives are all views of the other images. With L = 0
+    that is exactly NT-Xent, which is what runs.
     """
 
     def __init__(self, backbone: nn.Module, config: TrainConfig) -> None:
         super().__init__(backbone)
+        self.num_local_views = config.local_views or 0
         self.head = _projector(backbone, config)
         self.loss = NTXentLoss(config.temperature)
+        self.multi_view_loss = SupConLoss(config.temperature)
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        z1, z2 = gather_batch(*_project_views(self.backbone, self.head, views))  # (W B, proj_dim) each
-        loss = self.loss(z1, z2)
+        if len(views) == 2:
+            z1, z2 = gather_batch(*_project_views(self.backbone, self.head, views))  # (W B, proj_dim) each
+            loss = self.loss(z1, z2)
+        else:
+            z = _forward_by_size(self.backbone, self.head, views).transpose(0, 1)  # (B, V, proj_dim)
+            (z,) = gather_batch(z.contiguous())  # (W B, V, proj_dim): the global batch
+            loss = self.multi_view_loss(z, None)  # one class per image
         return loss, {"loss": float(loss.detach())}
 
 
@@ -191,6 +206,18 @@ def cosine_momentum(step: int, total_steps: int, base: float) -> float:
     """
     progress = min(max(step, 0), total_steps) / max(total_steps, 1)
     return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
+
+
+def warmed_up(step: int, warmup_steps: int, start: float, end: float) -> float:
+    """A linear warm-up from ``start`` (step 0) to ``end`` (step ``warmup_steps`` and after).
+
+    DINO's teacher temperature (Caron et al. 2021, arXiv 2104.14294, Sec. 4
+    and Appendix: 0.04 to 0.07 over the first 30 epochs); the paper's code
+    steps it once per epoch, this once per optimiser step.
+    """
+    if warmup_steps <= 0:
+        return end
+    return start + (end - start) * min(max(step, 0), warmup_steps) / warmup_steps
 
 
 @torch.no_grad()
@@ -428,21 +455,31 @@ class DINO(Method):
     towards the teacher's batch mean all-reduced over the ranks under data
     parallelism (Eq. 4; the loss itself is per image and needs no gather).
 
-    Not taken from the paper: the teacher-temperature warm-up (0.04 to 0.07
-    over 30 epochs; the paper's code defaults to a constant 0.04, which is
-    ours) and freezing the prototypes during the first epoch.
+    The teacher temperature is the constant ``--dino-teacher-temp`` (the
+    paper code's default, 0.04) or, with ``--dino-warmup-teacher-temp-epochs
+    E > 0``, warms up linearly per step from ``--dino-warmup-teacher-temp``
+    over the first E epochs (:func:`warmed_up`; the paper: 0.04 to 0.07 over
+    30 epochs). The current value is the buffer ``teacher_temp``, set in
+    :meth:`after_step`, so a resumed run continues from it exactly; it only
+    exists when the warm-up is on, so other checkpoints keep their keys.
+
+    Not taken from the paper: freezing the prototypes during the first epoch.
     """
 
     num_views = 2
 
     def __init__(self, backbone: nn.Module, config: TrainConfig) -> None:
         super().__init__(backbone)
-        self.num_local_views = config.local_views
+        self.num_local_views = 4 if config.local_views is None else config.local_views
         self.head = DINOHead(backbone.embed_dim, config.proj_hidden_dim, config.proj_dim, config.dino_out_dim)
         self.teacher_backbone = _frozen_copy(backbone)
         self.teacher_head = _frozen_copy(self.head)
         self.base_momentum = config.momentum
         self.loss = DINOLoss(config.dino_out_dim, config.dino_student_temp, config.dino_teacher_temp, config.dino_center_momentum)
+        self.warmup_epochs_fraction = config.dino_warmup_teacher_temp_epochs / config.epochs
+        self.temp_start, self.temp_end = config.dino_warmup_teacher_temp, config.dino_teacher_temp
+        if self.warmup_epochs_fraction > 0:
+            self.register_buffer("teacher_temp", torch.tensor(self.temp_start, dtype=torch.float32))
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         if len(views) < self.num_views:
@@ -451,15 +488,23 @@ class DINO(Method):
         with torch.no_grad():
             teacher = _forward_by_size(self.teacher_backbone, self.teacher_head, views[: self.num_views])  # (2, B, K)
             batch_mean = all_reduce_mean(teacher.float().reshape(-1, teacher.shape[-1]).mean(dim=0))  # (K,)
+        if hasattr(self, "teacher_temp"):
+            self.loss.teacher_temp = float(self.teacher_temp)
         loss = self.loss(student, teacher, center_source=batch_mean[None])
-        return loss, {"loss": float(loss.detach())}
+        logs = {"loss": float(loss.detach())}
+        if hasattr(self, "teacher_temp"):
+            logs["teacher_temp"] = self.loss.teacher_temp
+        return loss, logs
 
     @torch.no_grad()
     def after_step(self, step: int, total_steps: int) -> None:
-        """EMA of the student backbone and head into the teacher, tau = :func:`cosine_momentum`."""
+        """EMA of the student into the teacher (tau = :func:`cosine_momentum`); the teacher temperature of the next step."""
         tau = cosine_momentum(step, total_steps, self.base_momentum)
         ema_update(self.teacher_backbone, self.backbone, tau)
         ema_update(self.teacher_head, self.head, tau)
+        if hasattr(self, "teacher_temp"):
+            warmup_steps = round(self.warmup_epochs_fraction * total_steps)
+            self.teacher_temp.fill_(warmed_up(step, warmup_steps, self.temp_start, self.temp_end))
 
 
 METHODS: dict[str, Callable[..., Method]] = {
