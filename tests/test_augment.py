@@ -407,8 +407,8 @@ def test_channel_stats_tiny_and_errors() -> None:
 
 def test_default_recipes() -> None:
     gray = default_recipe(1, 28)
-    assert gray.crop_scale == (0.5, 1.0) and gray.blur_p == 0 and gray.solarize_p == 0
-    assert gray.saturation == 0 and gray.hue == 0 and gray.grayscale_p == 0
+    assert gray.crop_scale == (0.8, 1.0) and gray.blur_p == 0 and gray.solarize_p == 0
+    assert gray.saturation == 0 and gray.hue == 0 and gray.grayscale_p == 0 and (gray.brightness, gray.contrast) == (0.8, 0.8)
     cifar = default_recipe(3, 32)
     assert (cifar.brightness, cifar.contrast, cifar.saturation, cifar.hue) == (0.4, 0.4, 0.4, 0.1)
     assert cifar.crop_scale == (0.08, 1.0) and cifar.grayscale_p == 0.2 and cifar.blur_p == 0

@@ -164,16 +164,22 @@ def default_recipe(channels: int, size: int) -> AugmentConfig:
     if channels != 3:
         return AugmentConfig(
             size=size,
-            # Area fraction. 0.08 leaves an 8 x 8 px patch of a 28 px image,
-            # too little of a garment. Measured on the embedded Fashion-MNIST
-            # subset (bench/recipe_sweep.py, BENCHMARKS.md): 0.5 beat 0.2 and
-            # 0.08 on the kNN monitor at the budgets of a CPU run.
-            crop_scale=(0.5, 1.0),
+            # Area fraction. Mild crops: on centred small objects (garments,
+            # digits) a crop that cuts away a sleeve or a hem teaches
+            # invariance to what tells the classes apart. Measured on the full
+            # Fashion-MNIST (bench/recipe_sweep.py, BENCHMARKS.md "Recipe
+            # search"): kNN after 3 epochs rises from 84.5% at 0.5 to 85.7%
+            # at 0.8; on the embedded subset 0.5 had beaten 0.2 and 0.08.
+            crop_scale=(0.8, 1.0),
             crop_ratio=(3 / 4, 4 / 3),  # width / height, torchvision default
             flip_p=0.5,  # garments are left-right symmetric enough
             jitter_p=0.8,  # SimCLR's probability of colour distortion
-            brightness=0.4,  # factor in [0.6, 1.4]; SimCLR strength 0.5
-            contrast=0.4,  # factor in [0.6, 1.4]; SimCLR strength 0.5
+            # Strong intensity jitter makes the task hard where it does not
+            # hurt: a garment's class does not depend on its grey level.
+            # Factor in [0.2, 1.8] (SimCLR strength 1.0); 0.8 beat 0.4 by
+            # 1.4 points of kNN after 3 epochs (same benchmark).
+            brightness=0.8,
+            contrast=0.8,
             saturation=0.0,  # unused without colour
             hue=0.0,  # unused without colour
             grayscale_p=0.0,  # already gray
