@@ -34,7 +34,7 @@ import torch
 
 from contrastkit.data import load_dataset
 from contrastkit.embedding import EMBEDDINGS_FILE, embed_run, read_embeddings
-from contrastkit.evaluation import _raw_pixels, _run_config
+from contrastkit.evaluation import raw_pixel_features, run_config
 from contrastkit.index import normalise
 from contrastkit.label import SEED_MODELS, cluster_metrics, label_clusters, label_from_seeds
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     print(describe())
-    config = _run_config(args.run)
+    config = run_config(args.run)
     data = load_dataset(config.data, image_size=config.image_size)
     if not (args.run / EMBEDDINGS_FILE).is_file():
         embed_run(args.run, data=data)
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
           f"items, embeddings {emb.features.shape[1]}-d", flush=True)
     results = {"ssl": evaluate("self-supervised", emb.features, emb.labels, splits, args)}
     if not args.no_raw:
-        raw = torch.cat([_raw_pixels(data.train), _raw_pixels(data.test)]).numpy()
+        raw = torch.cat([raw_pixel_features(data.train), raw_pixel_features(data.test)]).numpy()
         results["raw"] = evaluate("raw pixels", raw, emb.labels, splits, args)
 
     cols = list(results)

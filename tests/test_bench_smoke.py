@@ -127,6 +127,18 @@ def test_recipe_sweep_and_methods_run(fmnist_small, capsys) -> None:
     assert "| simclr | 1 |" in capsys.readouterr().out
 
 
+def test_gpu_check_runs_on_cpu_at_toy_size(tmp_path, capsys) -> None:
+    out = tmp_path / "gpu.json"
+    load("gpu_check").main(["--device", "cpu", "--images", "64", "--batch-size", "16", "--epochs", "1",
+                            "--backbone", "small_cnn", "--variants", "fp32,amp+cl", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert "| fp32 |" in text and "| amp+cl |" in text
+    rows = json.loads(out.read_text())["results"]
+    assert [r["variant"] for r in rows] == ["fp32", "amp+cl"] and all(r["finite"] and r["images_per_s"] > 0 for r in rows)
+    with pytest.raises(SystemExit, match="unknown"):
+        load("gpu_check").main(["--variants", "fp8"])
+
+
 def test_speed_scripts_run(capsys) -> None:
     load("backbone_speed").main(["--backbones", "seed_cnn", "--batch-size", "8", "--warmup", "1", "--steps", "1"])
     assert "| seed_cnn" in capsys.readouterr().out

@@ -181,6 +181,19 @@ def test_propagation_on_the_shared_graph_equals_scikit_learn_label_spreading():
     np.testing.assert_allclose(_predict_propagation(x, idx, y, 3, 7), ours)  # builds the same graph itself
 
 
+def test_propagation_never_predicts_a_class_without_seeds():
+    """Unreached items are uniform over the seeds' classes: argmax cannot fall on an absent class 0."""
+    from contrastkit.label import _predict_propagation
+
+    x, y = blobs(per_class=20, classes=3, spread=0.05)  # three far-apart clumps: no path between them
+    idx = seeds_of(y, 1)[1:]  # seeds of classes 1 and 2 only
+    proba = _predict_propagation(x, idx, y[idx], 3, 5)
+    assert (proba[:, 0] == 0).all() and np.allclose(proba.sum(1), 1.0)
+    assert (proba[y == 0].argmax(1) != 0).all()
+    r = label_from_seeds(x, seeds_of(y, 1), y[seeds_of(y, 1)])  # 1 seed per class: no model can be right in CV
+    assert r.model == "knn" and set(r.cv_accuracy.values()) == {0.0}
+
+
 @pytest.mark.parametrize("model", ["knn", "propagation"])
 def test_seed_confidence_is_lowest_between_blobs(model):
     x, y = blobs(per_class=40, classes=3, spread=0.1)

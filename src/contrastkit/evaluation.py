@@ -87,7 +87,7 @@ def evaluate_features(
 RAW_PIXEL_MAX_SIDE = 32  # raw-pixel baselines use at most 32 x 32 px (larger images are downsampled)
 
 
-def _raw_pixels(ds: ImageDataset) -> torch.Tensor:
+def raw_pixel_features(ds: ImageDataset) -> torch.Tensor:
     """(N, C*H*W) float pixels in [0, 255], downsampled to RAW_PIXEL_MAX_SIDE when larger."""
     from contrastkit.data.formats import resize_images
 
@@ -103,14 +103,14 @@ def _raw_pixels(ds: ImageDataset) -> torch.Tensor:
 def raw_pixel_baselines(data: DataSplits, linear: bool = True) -> dict[str, float]:
     """The lines self-supervision must clear: kNN (k=20, weighted k=200) and a linear probe on raw pixels."""
     out = evaluate_features(
-        _raw_pixels(data.train), data.train.labels, _raw_pixels(data.test), data.test.labels, linear=linear
+        raw_pixel_features(data.train), data.train.labels, raw_pixel_features(data.test), data.test.labels, linear=linear
     )
     return {f"raw_pixel_{k}": v for k, v in out.items() if k in ("knn_top1_k20", "knn_top1_k200_weighted", "linear_probe_top1")}
 
 
 def raw_pixel_knn(data: DataSplits, k: int = 20) -> float:
     """kNN accuracy (cosine, majority vote) on raw pixels."""
-    pred = knn_predict(_raw_pixels(data.train), data.train.labels, _raw_pixels(data.test), k=k,
+    pred = knn_predict(raw_pixel_features(data.train), data.train.labels, raw_pixel_features(data.test), k=k,
                        num_classes=data.train.num_classes)
     return _accuracy(pred, data.test.labels)
 
@@ -145,7 +145,7 @@ def evaluate_run(
     run_dir = Path(run_dir)
     if baseline is not None and baseline not in BASELINE_NAMES:
         raise ConfigError(f"--baseline {baseline!r} is not one of {', '.join(BASELINE_NAMES)}")
-    config = _run_config(run_dir)
+    config = run_config(run_dir)
     if data is None:
         data = load_dataset(config.data, image_size=config.image_size, skip_bad=config.skip_bad)
     if data.train.labels is None or data.test.labels is None:
@@ -172,7 +172,8 @@ def evaluate_run(
     return metrics
 
 
-def _run_config(run_dir: Path) -> TrainConfig:
+def run_config(run_dir: Path) -> TrainConfig:
+    """The TrainConfig a run folder was trained with (its config.json); DataError when it is not a run folder."""
     path = run_dir / "config.json"
     if not path.is_file():
         raise DataError(f"{run_dir}: not a run folder (no config.json); train one with `contrastkit train --out {run_dir}`")

@@ -371,7 +371,12 @@ def _predict_propagation(xn: np.ndarray, idx: np.ndarray, y: np.ndarray, c: int,
     proba = np.zeros((len(xn), c))
     proba[:, model.classes_] = dist
     total = proba.sum(1, keepdims=True)
-    return np.where(total > 0, proba / np.maximum(total, 1e-300), 1.0 / c)
+    # Items no seed reaches: uniform over the seeds' classes only. Uniform over
+    # all c classes would make argmax say class 0 even when no seed has it,
+    # which a cross-validation fold that holds out class 0 would count as right.
+    unreached = np.zeros(c)
+    unreached[model.classes_] = 1.0 / len(model.classes_)
+    return np.where(total > 0, proba / np.maximum(total, 1e-300), unreached)
 
 
 def _predict_linear(xn: np.ndarray, idx: np.ndarray, y: np.ndarray, c: int, k: int, seed: int = 0) -> np.ndarray:
