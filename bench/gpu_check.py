@@ -41,7 +41,9 @@ import torch
 
 from contrastkit.config import TrainConfig
 from contrastkit.data.dataset import DataSplits, ImageDataset
+from contrastkit.errors import ConfigError
 from contrastkit.methods import build_method
+from contrastkit.runtime import resolve_device
 from contrastkit.train import fit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -78,7 +80,7 @@ def run_variant(name: str, base: TrainConfig, data: DataSplits) -> dict[str, Any
     """Train one variant; its images/s, peak memory and losses."""
     config = TrainConfig(**{**base.to_dict(), **VARIANTS[name]})
     method = build_method(config, 3, CLASSES)
-    device = torch.device(config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(config.device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -97,7 +99,7 @@ def run_variant(name: str, base: TrainConfig, data: DataSplits) -> dict[str, Any
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu for a smoke run")
+    parser.add_argument("--device", default="cuda", help="cuda (default), or cpu for a smoke run")
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--method", default="simclr")
     parser.add_argument("--images", type=int, default=50_000, help="training images (CIFAR-10: 50 000)")
@@ -110,8 +112,10 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA GPU here; use --device cpu for a smoke run")
+    try:
+        resolve_device(args.device)  # fail before making the data
+    except ConfigError as e:
+        raise SystemExit(str(e)) from None
 
     print(describe())
     data = cifar_shaped(args.images, max(args.batch_size, args.images // 5))
