@@ -5,10 +5,11 @@ torchvision-style data set that returns PIL images, lightly's
 ``SimCLRTransform`` applied per image in a torch ``DataLoader`` with worker
 processes, ``SimCLRProjectionHead`` and ``NTXentLoss``. The backbone is
 contrastkit's (imported from ``src/`` on PYTHONPATH, which needs only torch),
-so both sides train the same network. The augmentation parameters are set
-to contrastkit's grayscale recipe (crop area >= 0.5, flip, brightness and
-contrast 0.4 with p 0.8, no blur, no grayscale), so both sides see the same
-view distribution.
+so both sides train the same network. The augmentation parameters are
+contrastkit's grayscale recipe, passed in by bench/vs_lightly.py from
+``contrastkit.augment.default_recipe`` (crop area, flip, brightness and
+contrast jitter with its probability; no blur, no grayscale), so both sides
+see the same view distribution.
 
 Prints one JSON line: images/s of the training epochs, the epoch seconds,
 and writes the backbone features of the train and test images to --features.
@@ -70,6 +71,11 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--warmup-epochs", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-scale", type=float, default=0.8, help="smallest crop area fraction")
+    parser.add_argument("--brightness", type=float, default=0.8)
+    parser.add_argument("--contrast", type=float, default=0.8)
+    parser.add_argument("--jitter-p", type=float, default=0.8, help="probability of the brightness/contrast jitter")
+    parser.add_argument("--flip-p", type=float, default=0.5)
     parser.add_argument("--features", help="write train/test backbone features (npz) here")
     parser.add_argument("--ntxent-check", nargs=2, metavar=("IN", "OUT"))
     args = parser.parse_args()
@@ -92,8 +98,9 @@ def main() -> None:
     size = images.shape[-1]
     norm = {"mean": [float(m) for m in d["mean"]], "std": [float(s) for s in d["std"]]}
     transform = SimCLRTransform(
-        input_size=size, min_scale=0.5, cj_prob=0.8, cj_strength=0.5, cj_bright=0.8, cj_contrast=0.8,
-        cj_sat=0.0, cj_hue=0.0, random_gray_scale=0.0, gaussian_blur=0.0, hf_prob=0.5, normalize=norm,
+        input_size=size, min_scale=args.min_scale, cj_prob=args.jitter_p, cj_strength=1.0, cj_bright=args.brightness,
+        cj_contrast=args.contrast, cj_sat=0.0, cj_hue=0.0, random_gray_scale=0.0, gaussian_blur=0.0, hf_prob=args.flip_p,
+        normalize=norm,
     )
     loader = DataLoader(ArrayImages(images, labels, transform), batch_size=args.batch_size, shuffle=True,
                         drop_last=True, num_workers=args.workers, persistent_workers=args.workers > 0)

@@ -14,6 +14,7 @@ network, and the supervised baseline (same backbone, labels, same budget).
 Usage:
     python bench/quality.py --minutes 10
     python bench/quality.py --minutes 10 30 --repeats 3 --out quality.json
+    python bench/quality.py --minutes 30 --supervised-only   # the supervised baseline alone
     python bench/quality.py --minutes 1 --set backbone=seed_cnn --set batch_size=256
     python bench/quality.py --minutes 10 --epochs 9 --set crop_min_scale=0.2 --no-supervised   # a recipe at fixed epochs
 """
@@ -109,7 +110,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=1, help="seeds per budget (median and range reported)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a TrainConfig field (default: the default recipe)")
-    parser.add_argument("--no-supervised", action="store_true", help="skip the supervised baseline")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--no-supervised", action="store_true", help="skip the supervised baseline")
+    which.add_argument("--supervised-only", action="store_true",
+                       help="train only the supervised baseline (with the raw-pixel and untrained rows)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="train exactly this many epochs instead of filling the budget (to compare a recipe with "
                              "another at the epochs the budget gave it; the supervised baseline still fills the budget)")
@@ -137,7 +141,9 @@ def main(argv: list[str] | None = None) -> None:
         for minutes in args.minutes:
             for seed in range(args.repeats):
                 config = dataclasses.replace(base, seed=seed)
-                ssl_rows.append(budget_run(config, data, minutes, root, f"{base.method}-{minutes:g}min-seed{seed}", args.epochs))
+                if not args.supervised_only:
+                    ssl_rows.append(budget_run(
+                        config, data, minutes, root, f"{base.method}-{minutes:g}min-seed{seed}", args.epochs))
                 if not args.no_supervised:
                     sup_rows.append(supervised_run(config, data, minutes, root, f"supervised-{minutes:g}min-seed{seed}"))
 
@@ -147,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|---|")
     for minutes in args.minutes:
         rows = [r for r in ssl_rows if r["minutes"] == minutes]
+        if not rows:
+            continue
         epochs = "/".join(str(r["epochs"]) for r in rows)
         secs = "/".join(f"{r['train_seconds']:.0f}" for r in rows)
         print(f"| {base.method} ({base.backbone}) | {minutes:g} min | {epochs} | {secs} | " + " | ".join(summary_rows(rows, keys)) + " |")

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from contrastkit.augment import AugmentConfig, default_recipe
 from contrastkit.config import TrainConfig
 from contrastkit.data import load_dataset
 from contrastkit.embedding import read_embeddings
@@ -96,10 +97,25 @@ def run_ours(args, npz: Path, run: Path, data) -> dict:
     return {"images_per_s": images / seconds, "wall_s": wall, "knn": knn_scores(tx, ty, qx, qy)}
 
 
-def run_lightly(args, python: Path, npz: Path, feats: Path, variant: str, data) -> dict:
+def lightly_view_args(recipe: AugmentConfig) -> list[str]:
+    """contrastkit's view recipe as lightly_simclr.py's arguments (lightly's ``SimCLRTransform`` parameters).
+
+    Only the grayscale recipe maps one to one (crop, flip, brightness and
+    contrast jitter); the RGB recipes add saturation, hue, grayscale and blur,
+    whose lightly counterparts draw their factors differently.
+    """
+    extras = {k: getattr(recipe, k) for k in ("saturation", "hue", "grayscale_p", "blur_p", "solarize_p") if getattr(recipe, k)}
+    if extras or recipe.crop_scale[1] != 1.0:
+        raise SystemExit(f"vs_lightly compares grayscale recipes only (crop up to the whole image, flip, brightness and "
+                         f"contrast); this data's default recipe also has {extras or {'crop_scale': recipe.crop_scale}}")
+    return ["--min-scale", str(recipe.crop_scale[0]), "--brightness", str(recipe.brightness),
+            "--contrast", str(recipe.contrast), "--jitter-p", str(recipe.jitter_p), "--flip-p", str(recipe.flip_p)]
+
+
+def run_lightly(args, python: Path, npz: Path, feats: Path, variant: str, data, views: list[str]) -> dict:
     cmd = [str(python), str(HERE / "lightly_simclr.py"), "--data", str(npz), "--backbone", args.backbone,
            "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--workers", str(args.workers),
-           "--threads", str(args.threads), "--features", str(feats), *LIGHTLY_VARIANTS[variant]]
+           "--threads", str(args.threads), "--features", str(feats), *views, *LIGHTLY_VARIANTS[variant]]
     t0 = time.perf_counter()
     out = subprocess.run(cmd, check=True, env=child_env(args.threads), capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -133,8 +149,10 @@ def main(argv: list[str] | None = None) -> None:
     print(describe())
     data = load_dataset(args.data)
     info = data_info(data.train, TrainConfig())
+    views = lightly_view_args(default_recipe(info["channels"], info["image_size"]))
     print(f"data: {data.train.name}, {len(data.train)} train / {len(data.test)} test; {args.backbone}, batch "
-          f"{args.batch_size}, {args.epochs} epochs, {args.threads} threads, lightly workers {args.workers}", flush=True)
+          f"{args.batch_size}, {args.epochs} epochs, {args.threads} threads, lightly workers {args.workers}; views "
+          f"{' '.join(views)}", flush=True)
     results: dict[str, list[dict]] = {"contrastkit": [], **{f"lightly {v}": [] for v in variants}}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -153,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
                     res = run_ours(args, npz, tmp / f"ours-{r}", data)
                     results["contrastkit"].append(res)
                 else:
-                    res = run_lightly(args, args.lightly_python, npz, tmp / f"lightly-{side}-{r}.npz", side, data)
+                    res = run_lightly(args, args.lightly_python, npz, tmp / f"lightly-{side}-{r}.npz", side, data, views)
                     results[f"lightly {side}"].append(res)
                 print(f"round {r + 1}: {side}: {res['images_per_s']:.0f} img/s, kNN {res['knn'][0]:.2%}", flush=True)
 

@@ -50,6 +50,19 @@ def test_quality_trains_fixed_epochs_when_asked(fmnist_small, capsys) -> None:
     assert "| simclr (small_cnn) | 10 min | 1 |" in text and "| supervised" not in text
 
 
+def test_quality_trains_only_the_supervised_baseline_when_asked(fmnist_small, tmp_path, capsys) -> None:
+    path, _ = fmnist_small
+    out = tmp_path / "q.json"
+    load("quality").main(["--data", str(path), "--minutes", "0.01", "--supervised-only", "--set", "batch_size=32",
+                          "--out", str(out)])
+    text = capsys.readouterr().out
+    assert "| supervised (small_cnn) |" in text and "| simclr" not in text and "| raw pixels |" in text
+    result = json.loads(out.read_text())
+    assert result["ssl"] == [] and 0 < result["supervised"][0]["test_top1"] <= 1
+    with pytest.raises(SystemExit):
+        load("quality").main(["--data", str(path), "--supervised-only", "--no-supervised"])
+
+
 def test_quality_rejects_an_unknown_override() -> None:
     with pytest.raises(SystemExit, match="FIELD=VALUE"):
         load("quality").parse_overrides(["no_such_field=1"])
@@ -79,6 +92,16 @@ def test_throughput_counts_the_flops_of_a_linear_model() -> None:
     with counter:
         layer(x).sum().backward()
     assert counter.get_total_flops() == 3 * 2 * 8 * 64 * 32
+
+
+def test_vs_lightly_gives_lightly_contrastkits_grayscale_views() -> None:
+    recipe = default_recipe(1, 28)
+    args = load("vs_lightly").lightly_view_args(recipe)
+    values = dict(zip(args[::2], (float(v) for v in args[1::2])))
+    assert values == {"--min-scale": recipe.crop_scale[0], "--brightness": recipe.brightness,
+                      "--contrast": recipe.contrast, "--jitter-p": recipe.jitter_p, "--flip-p": recipe.flip_p}
+    with pytest.raises(SystemExit, match="grayscale recipes only"):
+        load("vs_lightly").lightly_view_args(default_recipe(3, 32))
 
 
 def test_vs_lightly_says_how_to_build_lightlys_venv(tmp_path) -> None:

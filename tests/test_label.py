@@ -163,10 +163,11 @@ def test_propagation_on_the_shared_graph_equals_scikit_learn_label_spreading():
 
     from sklearn.semi_supervised import LabelSpreading
 
-    from contrastkit.label import _normalise, _predict_propagation, knn_graph
+    from contrastkit.index import normalise
+    from contrastkit.label import _predict_propagation, knn_graph
 
     rng = np.random.default_rng(0)
-    x = _normalise(rng.normal(size=(150, 6)).astype(np.float32))
+    x = normalise(rng.normal(size=(150, 6)), dtype=np.float64)
     idx = np.arange(0, 150, 10)
     y = np.arange(len(idx)) % 3
     target = np.full(150, -1)

@@ -103,13 +103,17 @@ def _faiss() -> Any:
     return faiss
 
 
-def normalise(features: np.ndarray) -> np.ndarray:
-    """(N, D) rows scaled to unit length as contiguous float32 (zero rows stay zero)."""
-    x = np.asarray(features, dtype=np.float32)
+def normalise(features: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """(N, D) rows scaled to unit length as a contiguous ``dtype`` array (zero rows stay zero).
+
+    Float32 for search (FAISS takes float32); auto-labelling asks for float64,
+    whose probabilities it derives from these rows.
+    """
+    x = np.asarray(features, dtype=dtype)
     if x.ndim != 2:
         raise DataError(f"embeddings must be a 2-D array (items x dimensions), got shape {x.shape}")
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+    return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=dtype)
 
 
 def chunk_rows(dim: int, chunk_bytes: int = CHUNK_BYTES) -> int:

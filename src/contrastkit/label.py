@@ -51,6 +51,7 @@ import torch
 
 from contrastkit.atomic import atomic_open, atomic_write_text
 from contrastkit.errors import ConfigError, ContrastkitError, DataError
+from contrastkit.index import exact_search, normalise
 from contrastkit.knn import knn_votes
 from contrastkit.linear_probe import fit_linear_probe
 from contrastkit.runtime import torch_threads
@@ -70,12 +71,6 @@ LABEL_METRICS_FILE = "label_metrics.json"
 MONTAGE_DIR = "montages"
 MONTAGE_SIZE = 36  # images per montage: the 36 nearest the centroid, 6 x 6
 MONTAGE_MIN_TILE = 48  # px; smaller images are enlarged (nearest neighbour) to at least this side
-
-
-def _normalise(features: np.ndarray) -> np.ndarray:
-    """(N, D) rows scaled to unit length (zero rows stay zero), float64."""
-    x = np.asarray(features, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -164,7 +159,7 @@ def assign_in_chunks(features: np.ndarray, centroids: np.ndarray, rows: int = AS
     nearest, conf = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.float64)
     for start in range(0, n, rows):
         nearest[start : start + rows], conf[start : start + rows] = centroid_margin(
-            _normalise(features[start : start + rows]), centroids)
+            normalise(features[start : start + rows], dtype=np.float64), centroids)
     return nearest, conf
 
 
@@ -278,7 +273,7 @@ def label_clusters(
         clusters, confidence = assign_in_chunks(features, centroids)  # the nearest centroid of every item
         return ClusterResult(clusters=clusters, confidence=confidence, centroids=centroids, algorithm=algorithm,
                              backend="faiss")
-    xn = _normalise(features)
+    xn = normalise(features, dtype=np.float64)
     if algorithm == "kmeans":
         from sklearn.cluster import KMeans
 
@@ -343,8 +338,6 @@ def knn_graph(xn: np.ndarray, k: int) -> Any:
     fit's time.
     """
     from scipy import sparse
-
-    from contrastkit.index import exact_search
 
     _, ids = exact_search(xn, xn, k)  # (N, k), each row's own item first
     n, width = ids.shape
@@ -468,7 +461,7 @@ def label_from_seeds(
     c = int(num_classes if num_classes is not None else seed_labels.max() + 1)
     if seed_labels.min() < 0 or seed_labels.max() >= c:
         raise ConfigError(f"seed labels must be in [0, {c})")
-    xn = _normalise(features)
+    xn = normalise(features, dtype=np.float64)
     folds = seed_folds(seed_labels, max_folds, seed)
     cv: dict[str, float] = {}
     graph = knn_graph(xn, min(neighbors, n - 1)) if "propagation" in models and n > 1 else None  # once for every fold
@@ -594,7 +587,7 @@ def montage_members(features: np.ndarray, assign: np.ndarray, k: int, per: int =
         members = np.flatnonzero(assign == c)
         if len(members) == 0:
             continue
-        xn = _normalise(features[members])  # one group at a time: no float64 copy of all the features
+        xn = normalise(features[members], dtype=np.float64)  # one group at a time: no float64 copy of all the features
         d = ((xn - xn.mean(0)) ** 2).sum(1)
         out[c] = members[np.argsort(d, kind="stable")[:per]]
     return out

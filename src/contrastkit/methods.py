@@ -478,7 +478,8 @@ class DINO(Method):
         self.loss = DINOLoss(config.dino_out_dim, config.dino_student_temp, config.dino_teacher_temp, config.dino_center_momentum)
         self.warmup_epochs_fraction = config.dino_warmup_teacher_temp_epochs / config.epochs
         self.temp_start, self.temp_end = config.dino_warmup_teacher_temp, config.dino_teacher_temp
-        if self.warmup_epochs_fraction > 0:
+        self.warms_up = self.warmup_epochs_fraction > 0
+        if self.warms_up:
             self.register_buffer("teacher_temp", torch.tensor(self.temp_start, dtype=torch.float32))
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
@@ -488,11 +489,11 @@ class DINO(Method):
         with torch.no_grad():
             teacher = _forward_by_size(self.teacher_backbone, self.teacher_head, views[: self.num_views])  # (2, B, K)
             batch_mean = all_reduce_mean(teacher.float().reshape(-1, teacher.shape[-1]).mean(dim=0))  # (K,)
-        if hasattr(self, "teacher_temp"):
+        if self.warms_up:
             self.loss.teacher_temp = float(self.teacher_temp)
         loss = self.loss(student, teacher, center_source=batch_mean[None])
         logs = {"loss": float(loss.detach())}
-        if hasattr(self, "teacher_temp"):
+        if self.warms_up:
             logs["teacher_temp"] = self.loss.teacher_temp
         return loss, logs
 
@@ -502,7 +503,7 @@ class DINO(Method):
         tau = cosine_momentum(step, total_steps, self.base_momentum)
         ema_update(self.teacher_backbone, self.backbone, tau)
         ema_update(self.teacher_head, self.head, tau)
-        if hasattr(self, "teacher_temp"):
+        if self.warms_up:
             warmup_steps = round(self.warmup_epochs_fraction * total_steps)
             self.teacher_temp.fill_(warmed_up(step, warmup_steps, self.temp_start, self.temp_end))
 

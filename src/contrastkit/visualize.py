@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from contrastkit.atomic import atomic_write_bytes
 from contrastkit.errors import ConfigError, DataError
+from contrastkit.index import normalise
 
 FIGURES_DIR = "figures"
 FIGURES = ("map", "neighbours", "saliency", "curves")  # the --what choices, in drawing order
@@ -63,10 +64,6 @@ def _figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height))
 
 
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 # ----------------------------------------------------------------------------- 2-D map
 
 
@@ -91,7 +88,7 @@ def tsne_2d(features: np.ndarray, max_points: int = MAP_MAX_POINTS, seed: int = 
         raise ConfigError(f"max_points must be >= 5, got {max_points}")
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n, size=min(n, max_points), replace=False))
-    x = _normalise(np.asarray(features[rows], dtype=np.float64))
+    x = normalise(features[rows], dtype=np.float64)
     dims = min(MAP_PCA_DIMS, x.shape[1], len(rows))
     x = PCA(n_components=dims, random_state=seed).fit_transform(x)  # (M, dims)
     perplexity = float(min(30.0, (len(rows) - 1) / 3))
@@ -188,8 +185,8 @@ def nearest_train(features: np.ndarray, splits: Sequence[str], queries: np.ndarr
     train_rows = np.flatnonzero(np.array([s == "train" for s in splits]))
     if len(train_rows) == 0:
         raise DataError("nearest neighbours need items in the train split")
-    bank = _normalise(np.asarray(features[train_rows], dtype=np.float32))
-    q = _normalise(np.asarray(features[queries], dtype=np.float32))
+    bank = normalise(features[train_rows])
+    q = normalise(features[queries])
     sim = q @ bank.T  # (Q, N_train)
     sim[train_rows[None, :] == queries[:, None]] = -np.inf  # a train query is not its own neighbour
     k = min(k, len(train_rows) - 1 if np.isin(queries, train_rows).any() else len(train_rows))
@@ -295,7 +292,7 @@ def run_saliency_pairs(
         x = to_float(imgs, info["mean"], info["std"], info["image_size"])  # (2, C, S, S)
         ma, mb = saliency_map(method.embed, x[0], x[1])
         shown = (x * std + mean).clamp(0, 1).numpy()
-        fa, fb = _normalise(np.asarray(features[[ra, rb]], dtype=np.float32))
+        fa, fb = normalise(features[[ra, rb]])
         out.append((shown[0], ma, shown[1], mb, float(fa @ fb)))
     return out
 
