@@ -124,8 +124,9 @@ def main(argv: list[str] | None = None) -> None:
     print(describe())
     base = TrainConfig(data=args.data, **parse_overrides(args.overrides))
     data = load_dataset(args.data, image_size=base.image_size)
+    trained = "supervised" if args.supervised_only else base.method
     print(f"data: {data.train.name}, {len(data.train)} train / {len(data.test)} test; "
-          f"{'supervised' if args.supervised_only else base.method}/{base.backbone}, batch {base.batch_size}, budgets {args.minutes} min, {args.repeats} seed(s)",
+          f"{trained}/{base.backbone}, batch {base.batch_size}, budgets {args.minutes} min, {args.repeats} seed(s)",
           flush=True)
     t0 = time.perf_counter()
     raw = raw_pixel_baselines(data)

@@ -100,14 +100,19 @@ def run_ours(args, npz: Path, run: Path, data) -> dict:
 def lightly_view_args(recipe: AugmentConfig) -> list[str]:
     """contrastkit's view recipe as lightly_simclr.py's arguments (lightly's ``SimCLRTransform`` parameters).
 
-    Only the grayscale recipe maps one to one (crop, flip, brightness and
-    contrast jitter); the RGB recipes add saturation, hue, grayscale and blur,
-    whose lightly counterparts draw their factors differently.
+    Only the grayscale recipe maps one to one (crop up to the whole image
+    with lightly's fixed aspect ratios 3/4-4/3, flip, brightness and contrast
+    jitter); the RGB recipes add saturation, hue, grayscale and blur, whose
+    lightly counterparts draw their factors differently.
     """
     extras = {k: getattr(recipe, k) for k in ("saturation", "hue", "grayscale_p", "blur_p", "solarize_p") if getattr(recipe, k)}
-    if extras or recipe.crop_scale[1] != 1.0:
+    if recipe.crop_scale[1] != 1.0:
+        extras["crop_scale"] = recipe.crop_scale
+    if not np.allclose(recipe.crop_ratio, (3 / 4, 4 / 3)):
+        extras["crop_ratio"] = recipe.crop_ratio
+    if extras:
         raise SystemExit(f"vs_lightly compares grayscale recipes only (crop up to the whole image, flip, brightness and "
-                         f"contrast); this data's default recipe also has {extras or {'crop_scale': recipe.crop_scale}}")
+                         f"contrast); this data's default recipe also has {extras}")
     return ["--min-scale", str(recipe.crop_scale[0]), "--brightness", str(recipe.brightness),
             "--contrast", str(recipe.contrast), "--jitter-p", str(recipe.jitter_p), "--flip-p", str(recipe.flip_p)]
 
