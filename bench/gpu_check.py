@@ -33,7 +33,6 @@ import os
 import resource
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +41,11 @@ import torch
 from contrastkit.config import TrainConfig
 from contrastkit.data.dataset import DataSplits, ImageDataset
 from contrastkit.errors import ConfigError
-from contrastkit.methods import build_method
 from contrastkit.runtime import resolve_device
-from contrastkit.train import fit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from environment import describe  # noqa: E402
+from harness import train  # noqa: E402
 
 VARIANTS = {
     "fp32": {"precision": "fp32", "channels_last": False, "compile": False},
@@ -79,15 +77,12 @@ def peak_memory_mib(device: torch.device) -> float:
 def run_variant(name: str, base: TrainConfig, data: DataSplits) -> dict[str, Any]:
     """Train one variant; its images/s, peak memory and losses."""
     config = TrainConfig(**{**base.to_dict(), **VARIANTS[name]})
-    method = build_method(config, 3, CLASSES)
     device = resolve_device(config.device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        result = fit(method, data, config, Path(tmp), progress=False)
-    seconds = time.perf_counter() - t0
+        _, result, seconds = train(config, data, Path(tmp))
     losses = [h["loss"] for h in result.history]
     return {
         "variant": name, "images_per_s": result.history[-1]["images_per_s"],

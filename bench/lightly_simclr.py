@@ -71,11 +71,12 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--warmup-epochs", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--min-scale", type=float, default=0.8, help="smallest crop area fraction")
-    parser.add_argument("--brightness", type=float, default=0.8)
-    parser.add_argument("--contrast", type=float, default=0.8)
-    parser.add_argument("--jitter-p", type=float, default=0.8, help="probability of the brightness/contrast jitter")
-    parser.add_argument("--flip-p", type=float, default=0.5)
+    # The view recipe: no defaults here, vs_lightly.py passes contrastkit's (lightly_view_args).
+    parser.add_argument("--min-scale", type=float, help="smallest crop area fraction")
+    parser.add_argument("--brightness", type=float)
+    parser.add_argument("--contrast", type=float)
+    parser.add_argument("--jitter-p", type=float, help="probability of the brightness/contrast jitter")
+    parser.add_argument("--flip-p", type=float)
     parser.add_argument("--features", help="write train/test backbone features (npz) here")
     parser.add_argument("--ntxent-check", nargs=2, metavar=("IN", "OUT"))
     args = parser.parse_args()
@@ -83,6 +84,10 @@ def main() -> None:
     if args.ntxent_check:
         ntxent_check(*args.ntxent_check)
         return
+    missing = [f"--{k.replace('_', '-')}" for k in ("data", "min_scale", "brightness", "contrast", "jitter_p", "flip_p")
+               if getattr(args, k) is None]
+    if missing:
+        parser.error(f"training needs {', '.join(missing)} (bench/vs_lightly.py passes them)")
 
     import torchvision.transforms as T
     from lightly.loss import NTXentLoss
