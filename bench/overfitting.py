@@ -24,6 +24,7 @@ from pathlib import Path
 from contrastkit.config import TrainConfig
 from contrastkit.data import load_dataset
 from contrastkit.data.dataset import DataSplits
+from contrastkit.train import validation_split
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from environment import describe  # noqa: E402
@@ -64,8 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     train_split = subset_per_class(data.train, [args.train_images // c] * c)
     config = TrainConfig(data=args.data, backbone=args.backbone, batch_size=args.batch_size, epochs=args.epochs,
                          monitor_bank=len(train_split))
-    print(f"data: {len(train_split)} training images of {data.train.name}, held-out kNN on "
-          f"{min(config.monitor_queries, len(data.test))} test images; {args.epochs} epochs", flush=True)
+    print(f"data: {len(train_split)} training images of {data.train.name}, held-out kNN on the validation slice "
+          f"of {len(validation_split(train_split, config)[1])} of them (not trained on by the kNN bank, never the "
+          f"test split); {args.epochs} epochs", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         _, result, seconds = train(config, DataSplits(train_split, data.test), Path(tmp) / "run")
     elapsed, lines = 0.0, []

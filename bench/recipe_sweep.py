@@ -1,5 +1,9 @@
 """Compare training recipes by the kNN monitor, side by side in one run.
 
+The monitor scores a validation slice of the training split (see
+``contrastkit.train.validation_split``), never the test split: a recipe
+chosen here has not seen the images it will be reported on.
+
 Each variant is a set of TrainConfig overrides; every variant trains from the
 same seeds on the same data, and the table gives the kNN monitor after each
 epoch (median over seeds) with the final spread, beside the raw-pixel and
@@ -35,11 +39,11 @@ import contrastkit.train as train_module
 from contrastkit.config import TrainConfig
 from contrastkit.data import load_dataset
 from contrastkit.embedding import compute_embeddings
-from contrastkit.evaluation import raw_pixel_knn
+from contrastkit.evaluation import raw_pixel_features
 from contrastkit.knn import knn_accuracy
 from contrastkit.methods import build_method
 from contrastkit.runtime import Runtime
-from contrastkit.train import data_info, fit
+from contrastkit.train import data_info, fit, validation_split
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from environment import describe  # noqa: E402
@@ -65,18 +69,30 @@ def view_recipe_overrides(overrides: dict):
         train_module.augment_recipe = original
 
 
+def monitor_rows(config: TrainConfig, data) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bank, validation) rows of the training split, as the kNN monitor of ``fit`` takes them."""
+    rest, val = validation_split(data.train, config)
+    g = torch.Generator().manual_seed(config.seed)
+    return rest[torch.randperm(len(rest), generator=g)[: config.monitor_bank]].sort().values, val
+
+
 def untrained_knn(config: TrainConfig, data) -> float:
-    """kNN (k=20) of the network at initialisation, on the monitor's images."""
+    """kNN (k=20) of the network at initialisation, on the monitor's images (the validation slice)."""
     method = build_method(config, data.train.shape[0])
     runtime = Runtime.create(config.device, config.precision, config.channels_last)
     info = data_info(data.train, config)
-    bank_n, query_n = min(config.monitor_bank, len(data.train)), min(config.monitor_queries, len(data.test))
-    g = torch.Generator().manual_seed(config.seed)
-    bank_idx = torch.randperm(len(data.train), generator=g)[:bank_n].sort().values
-    query_idx = torch.randperm(len(data.test), generator=g)[:query_n].sort().values
+    bank_idx, val_idx = monitor_rows(config, data)
     bank = compute_embeddings(method, data.train, info, runtime, indices=bank_idx)
-    queries = compute_embeddings(method, data.test, info, runtime, indices=query_idx)
-    return knn_accuracy(bank, data.train.labels[bank_idx], queries, data.test.labels[query_idx], k=config.knn_k)
+    queries = compute_embeddings(method, data.train, info, runtime, indices=val_idx)
+    return knn_accuracy(bank, data.train.labels[bank_idx], queries, data.train.labels[val_idx], k=config.knn_k)
+
+
+def raw_pixel_validation_knn(config: TrainConfig, data) -> float:
+    """kNN (k=20) of raw pixels on the monitor's images (the validation slice)."""
+    bank_idx, val_idx = monitor_rows(config, data)
+    pixels = raw_pixel_features(data.train)
+    return knn_accuracy(pixels[bank_idx], data.train.labels[bank_idx], pixels[val_idx], data.train.labels[val_idx],
+                        k=config.knn_k)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -92,7 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     print(describe())
     data = load_dataset(args.data)
     print(f"data: {data.train.name} {len(data.train)} train / {len(data.test)} test; {args.epochs} epochs, seeds 0..{args.seeds - 1}")
-    print(f"raw-pixel kNN (k=20, all test images): {raw_pixel_knn(data):.2%}")
+    first = TrainConfig(**{"data": args.data, "epochs": args.epochs, **variants[0][1]})
+    print(f"raw-pixel kNN (k=20) on the validation slice ({len(monitor_rows(first, data)[1])} training images held out "
+          f"of the monitor's bank; the test split is not used): {raw_pixel_validation_knn(first, data):.2%}")
     results: dict[str, list[list[float]]] = {name: [] for name, _, _ in variants}
     seconds: dict[str, list[float]] = {name: [] for name, _, _ in variants}
     for seed in range(args.seeds):

@@ -90,7 +90,8 @@ def run_ours(args, npz: Path, run: Path, data) -> dict:
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     seconds = sum(r["epoch_seconds"] for r in log)
     images = (len(data.train) // args.batch_size) * args.batch_size * len(log)
-    subprocess.run([sys.executable, "-m", "contrastkit", "embed", str(run)], check=True,
+    # The last epoch, as on lightly's side: one rule for both (best.pt would pick by the validation slice).
+    subprocess.run([sys.executable, "-m", "contrastkit", "embed", str(run), "--checkpoint", "last"], check=True,
                    env=child_env(args.threads), stdout=subprocess.DEVNULL)
     emb = read_embeddings(run)
     (tx, ty), (qx, qy) = emb.split("train"), emb.split("test")

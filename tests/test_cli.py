@@ -41,6 +41,25 @@ def test_embed_writes_npy_csv_meta(trained_run, fmnist_small, capsys):
     assert "embeddings.npy" in capsys.readouterr().out
 
 
+def test_embed_checkpoint_last_reads_the_last_epoch(trained_run):
+    """best.pt is the epoch best on the validation slice; --checkpoint last embeds last.pt instead."""
+    import torch
+
+    from contrastkit.checkpoint import load_method
+    from contrastkit.embedding import compute_embeddings
+    from contrastkit.runtime import Runtime
+
+    assert main(["embed", str(trained_run), "--out", str(trained_run / "last"), "--checkpoint", "last"]) == 0
+    meta = json.loads((trained_run / "last" / "meta.json").read_text())
+    assert meta["checkpoint"].endswith("last.pt")
+    method, config, info = load_method(trained_run, "last")
+    from contrastkit.data import load_dataset
+
+    first = compute_embeddings(method, load_dataset(config.data).train, info, Runtime.create("cpu", config.precision,
+                               config.channels_last), indices=torch.arange(4))
+    np.testing.assert_allclose(np.load(trained_run / "last" / "embeddings.npy")[:4], first.numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_evaluate_reports_ssl_beside_baselines(trained_run, fmnist_small, capsys):
     _, data = fmnist_small
     assert main(["evaluate", str(trained_run)]) == 0

@@ -79,13 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     embed = sub.add_parser(
         "embed", help="write backbone features of every image",
-        description="Embed a data set with a run's best checkpoint. Writes embeddings.npy (float32, train rows "
+        description="Embed a data set with a run's best checkpoint (the epoch best on the validation slice of the "
+        "training split; --checkpoint last for the last epoch). Writes embeddings.npy (float32, train rows "
         "then test rows), items.csv (index,split,source,label) and meta.json.",
     )
     embed.add_argument("run", type=Path, help="run folder written by `contrastkit train`")
     embed.add_argument("--data", default=None, help="data set to embed (default: the run's own)")
     embed.add_argument("--out", type=Path, default=None, help="output folder (default: the run folder)")
     embed.add_argument("--batch-size", type=int, default=512, help="images per forward pass (default: 512)")
+    embed.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                       help="best: the epoch whose kNN monitor on the validation slice of the training split was best "
+                       "(last.pt without labels); last: the last epoch (default: best)")
     embed.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=None,
                        help="image folders: leave out image files that cannot be decoded instead of stopping with "
                        "an error that lists them (default: as the run was trained)")
@@ -288,7 +292,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 0:
         raise ConfigError(f"--workers must be >= 0 (0 = decode in this process), got {args.workers}")
     emb = embed_run(args.run, data_spec=args.data, out_dir=args.out, batch_size=args.batch_size,
-                    skip_bad=args.skip_bad, workers=args.workers)
+                    skip_bad=args.skip_bad, workers=args.workers, checkpoint=args.checkpoint)
     out = args.out or args.run
     print(f"wrote {out / 'embeddings.npy'} ({emb.features.shape[0]} x {emb.features.shape[1]} float32), "
           f"{out / 'items.csv'}, {out / 'meta.json'}")

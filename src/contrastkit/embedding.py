@@ -314,8 +314,9 @@ def embed_run(
     batch_size: int = 512,
     skip_bad: bool | None = None,
     workers: int | None = None,
+    checkpoint: str = "best",
 ) -> Embeddings:
-    """Embed a data set (default: the run's own) with a run's best checkpoint and write the files.
+    """Embed a data set (default: the run's own) with a run's checkpoint and write the files.
 
     Args:
         run_dir: a folder written by ``contrastkit train``.
@@ -328,12 +329,16 @@ def embed_run(
         workers: processes decoding image files ahead (default: the run's
             ``config.workers``; None there = automatic, see
             :func:`contrastkit.data.streaming.resolve_workers`).
+        checkpoint: ``"best"`` (the epoch best on the validation slice of the
+            training split; ``last.pt`` when there is none) or ``"last"``.
     """
     from contrastkit.checkpoint import load_method, run_checkpoint
     from contrastkit.data import load_dataset
 
     run_dir = Path(run_dir)
-    method, config, info = load_method(run_dir)
+    if checkpoint not in ("best", "last"):
+        raise ConfigError(f"--checkpoint {checkpoint!r} is not one of best, last")
+    method, config, info = load_method(run_dir, checkpoint)
     if data is None:
         data = load_dataset(
             data_spec if data_spec is not None else config.data,
@@ -353,7 +358,7 @@ def embed_run(
     workers = config.workers if workers is None else workers
     meta = {
         "run": str(run_dir),
-        "checkpoint": str(run_checkpoint(run_dir)),
+        "checkpoint": str(run_checkpoint(run_dir, checkpoint)),
         "method": config.method,
         "backbone": config.backbone,
         "data": data_spec if data_spec is not None else config.data,

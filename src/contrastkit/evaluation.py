@@ -49,6 +49,34 @@ def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor, class_names: li
     return out
 
 
+WEIGHTED_K = 200  # neighbours of the weighted vote (Wu et al. 2018; DINO, solo-learn)
+WEIGHTED_TEMPERATURES = (0.01, 0.02, 0.05, 0.07, 0.1, 0.2, 0.5)  # candidates of the weighted vote's temperature
+TUNING_FRACTION = 0.1  # share of the training features held out to choose that temperature
+
+
+def tune_knn_temperature(
+    train_x: torch.Tensor, train_y: torch.Tensor, k: int = WEIGHTED_K,
+    grid: tuple[float, ...] = WEIGHTED_TEMPERATURES, seed: int = 0,
+) -> float:
+    """The weighted-kNN temperature best on a held-out tenth of the training features (never the test split).
+
+    Cosine similarities live on very different scales in different feature
+    spaces (raw pixels are all alike, embeddings spread out), so one fixed
+    temperature would favour one of them; each feature set gets its own,
+    chosen the same way. Ties go to the earlier (sharper) temperature.
+    """
+    from contrastkit.data.dataset import held_out_indices
+
+    if len(train_x) < 20 or len(grid) == 1:
+        return grid[0] if len(grid) == 1 else 0.07
+    fit_idx, val_idx = held_out_indices(len(train_x), train_y, fraction=TUNING_FRACTION, seed=seed)
+    c = int(train_y.max()) + 1
+    fit_idx, val_idx = torch.from_numpy(fit_idx), torch.from_numpy(val_idx)
+    scores = [_accuracy(knn_predict(train_x[fit_idx], train_y[fit_idx], train_x[val_idx], k=k, temperature=t,
+                                    num_classes=c), train_y[val_idx]) for t in grid]
+    return grid[max(range(len(grid)), key=lambda i: (scores[i], -i))]
+
+
 def evaluate_features(
     train_x: torch.Tensor,
     train_y: torch.Tensor,
@@ -59,6 +87,10 @@ def evaluate_features(
 ) -> dict[str, Any]:
     """kNN (k=20 vote, weighted k=200) and linear-probe accuracy of frozen features.
 
+    Every choice (the weighted vote's temperature, the probe's penalty) is
+    made on a held-out tenth of the training features; the test split only
+    reports.
+
     Args:
         train_x, train_y: (N, D) features and (N,) labels of the training split.
         test_x, test_y: (M, D) features and (M,) labels of the test split.
@@ -66,11 +98,13 @@ def evaluate_features(
         linear: also fit the linear probe.
     """
     num_classes = max(int(train_y.max()), int(test_y.max())) + 1
+    temperature = tune_knn_temperature(train_x, train_y)
     knn20 = knn_predict(train_x, train_y, test_x, k=20, num_classes=num_classes)
-    knn200 = knn_predict(train_x, train_y, test_x, k=200, temperature=0.07, num_classes=num_classes)
+    knn200 = knn_predict(train_x, train_y, test_x, k=WEIGHTED_K, temperature=temperature, num_classes=num_classes)
     out: dict[str, Any] = {
         "knn_top1_k20": _accuracy(knn20, test_y),
         "knn_top1_k200_weighted": _accuracy(knn200, test_y),
+        "knn_k200_temperature": temperature,
         "per_class": {"knn_k20": per_class_accuracy(knn20, test_y, class_names)},
     }
     if linear:
@@ -105,7 +139,8 @@ def raw_pixel_baselines(data: DataSplits, linear: bool = True) -> dict[str, floa
     out = evaluate_features(
         raw_pixel_features(data.train), data.train.labels, raw_pixel_features(data.test), data.test.labels, linear=linear
     )
-    return {f"raw_pixel_{k}": v for k, v in out.items() if k in ("knn_top1_k20", "knn_top1_k200_weighted", "linear_probe_top1")}
+    keys = ("knn_top1_k20", "knn_top1_k200_weighted", "knn_k200_temperature", "linear_probe_top1")
+    return {f"raw_pixel_{k}": v for k, v in out.items() if k in keys}
 
 
 def raw_pixel_knn(data: DataSplits, k: int = 20) -> float:
@@ -183,8 +218,11 @@ def run_config(run_dir: Path) -> TrainConfig:
 def supervised_baseline(run_dir: Path, config: TrainConfig, data: DataSplits, progress: bool = True) -> dict[str, Any]:
     """Train the same backbone with labels on the same budget; its test accuracy and feature kNN.
 
-    The baseline run lives in ``run_dir/baseline-supervised`` and is resumed
-    if it was interrupted.
+    Both sides are read by the same rule: the checkpoint best on the
+    validation slice of the training split (which the supervised network
+    does not train on), as ``embed`` reads the self-supervised run. The
+    baseline run lives in ``run_dir/baseline-supervised`` and is resumed if
+    it was interrupted.
     """
     sup_dir = run_dir / "baseline-supervised"
     sup_config = dataclasses.replace(config, method="supervised", patience=0)
@@ -193,7 +231,7 @@ def supervised_baseline(run_dir: Path, config: TrainConfig, data: DataSplits, pr
     t0 = time.perf_counter()
     fit(method, data, sup_config, sup_dir, resume=resume, progress=progress)
     seconds = time.perf_counter() - t0
-    method, _, info = load_method(sup_dir, "last")
+    method, _, info = load_method(sup_dir, "best")  # the rule of the self-supervised side: best on the validation slice
     runtime = Runtime.create(config.device, config.precision, config.channels_last)
     method.to(runtime.device)
     test_feats = compute_embeddings(method, data.test, info, runtime)

@@ -40,7 +40,9 @@ def knn_votes(
 
     Returns:
         (M, C) float votes; their argmax is the prediction, and divided by
-        their row sum they are class probabilities.
+        their row sum they are class probabilities. Weighted votes are
+        scaled per query by exp(-s_max / T) (s_max its highest similarity),
+        which changes neither.
     """
     if len(bank) == 0:
         raise ConfigError("kNN needs at least one labelled item in the bank")
@@ -61,7 +63,9 @@ def knn_votes(
             # one vote each; adding sim / (2k + 1) (|sum| < 1/2 per class) only breaks ties
             weights = 1.0 + sim / (2 * k + 1)
         else:
-            weights = (sim / temperature).exp()
+            # exp((s - s_max) / T): the same ratios as exp(s / T), scaled per query so small temperatures do
+            # not overflow float32 (exp(1 / 0.01) would be inf)
+            weights = ((sim - sim[:, :1]) / temperature).exp()
         out.append(torch.zeros(len(q), c, device=bank.device).scatter_add_(1, neighbour_labels, weights))
     return torch.cat(out) if out else torch.zeros(0, c)
 

@@ -3,7 +3,8 @@
 The loop knows only the method contract (``forward(views, labels)`` returns a
 loss; ``embed(x)`` gives features). Around it: batched on-device views,
 warm-up + cosine schedule, mixed precision, channels_last, a kNN monitor on
-held-out images each epoch, early stopping, and atomic checkpoints.
+a validation slice of the training split each epoch (never the test split),
+early stopping, and atomic checkpoints.
 
 Reproducibility and resume: the shuffling order of epoch ``e`` and the
 augmentation generator's starting state are pure functions of ``(seed, e)``,
@@ -31,7 +32,7 @@ Run folder::
     config.json          the TrainConfig
     log.jsonl            one JSON object per completed epoch
     checkpoints/last.pt  full training state (atomic)
-    checkpoints/best.pt  weights of the best kNN monitor epoch (atomic)
+    checkpoints/best.pt  weights of the epoch best on the validation slice (atomic)
 """
 
 from __future__ import annotations
@@ -179,14 +180,38 @@ def effective_rank(features: torch.Tensor) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
-class _Monitor:
-    """kNN accuracy of held-out images against unaugmented training images, and the collapse indicator."""
+VALIDATION_MAX_FRACTION = 0.1  # the validation slice takes at most this share of the training split
 
-    def __init__(self, data: DataSplits, config: TrainConfig) -> None:
+
+def validation_split(train: ImageDataset, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rest, validation) row indices of the training split: the slice every choice is made on.
+
+    A deterministic (``config.seed``), stratified slice of ``config.monitor_queries``
+    training images, at most a tenth of them, held out of the kNN monitor's
+    bank. The monitor scores it each epoch, ``best.pt`` is its best epoch,
+    ``--patience`` stops on it, and sweeps choose defaults by it, so the test
+    split is never looked at to choose anything: it only reports. Methods that
+    learn from labels do not train on the slice either. Without labels the
+    slice is empty (there is nothing to score).
+    """
+    from contrastkit.data.dataset import held_out_indices
+
+    n = len(train)
+    if train.labels is None or n < 2:
+        return torch.arange(n), torch.zeros(0, dtype=torch.int64)
+    fraction = min(VALIDATION_MAX_FRACTION, config.monitor_queries / n)
+    rest, val = held_out_indices(n, train.labels, fraction=fraction, seed=config.seed)
+    return torch.from_numpy(rest), torch.from_numpy(val)
+
+
+class _Monitor:
+    """kNN accuracy of the validation slice against unaugmented training images, and the collapse indicator."""
+
+    def __init__(self, data: DataSplits, config: TrainConfig, rest: torch.Tensor, val: torch.Tensor) -> None:
         g = torch.Generator().manual_seed(config.seed)
-        self.bank_idx = torch.randperm(len(data.train), generator=g)[: config.monitor_bank].sort().values
-        self.query_idx = torch.randperm(len(data.test), generator=g)[: config.monitor_queries].sort().values
-        self.labelled = data.train.labels is not None and data.test.labels is not None and len(data.test) > 0
+        self.bank_idx = rest[torch.randperm(len(rest), generator=g)[: config.monitor_bank]].sort().values
+        self.query_idx = val
+        self.labelled = data.train.labels is not None and len(val) > 0
         self.k = config.knn_k
         self.num_classes = data.train.num_classes
         self.workers = config.workers
@@ -199,9 +224,9 @@ class _Monitor:
         spread = float(z.std(dim=0).mean() * math.sqrt(z.shape[1]))
         out: dict[str, float | None] = {"knn_top1": None, "embedding_std": spread, "effective_rank": effective_rank(bank)}
         if self.labelled:
-            queries = compute_embeddings(method, data.test, info, runtime, indices=self.query_idx, workers=self.workers)
+            queries = compute_embeddings(method, data.train, info, runtime, indices=self.query_idx, workers=self.workers)
             out["knn_top1"] = knn_accuracy(
-                bank, data.train.labels[self.bank_idx], queries, data.test.labels[self.query_idx],
+                bank, data.train.labels[self.bank_idx], queries, data.train.labels[self.query_idx],
                 k=self.k, num_classes=self.num_classes,
             )
         return out
@@ -281,7 +306,8 @@ def fit(
 
     Args:
         method: a freshly built method (see ``build_method``), the same on every rank.
-        data: train split for training, test split for the kNN monitor.
+        data: the train split, for training and (its validation slice, see
+            :func:`validation_split`) the kNN monitor; the test split is not used.
         config: the run's configuration (saved as config.json).
         run_dir: output folder; must not hold a run unless ``resume``.
         resume: continue from ``run_dir/checkpoints/last.pt``.
@@ -331,9 +357,14 @@ def _fit(
         method.backbone.compile()  # nn.Module.compile: in place, so state-dict keys do not change
     optimizer = build_optimizer(method, config)
     scaler = torch.amp.GradScaler(enabled=runtime.dtype == torch.float16)
-    monitor = _Monitor(data, config) if main else None
-
-    n, batch = len(data.train), config.batch_size
+    rest, val = validation_split(data.train, config)
+    monitor = _Monitor(data, config, rest, val) if main else None
+    # Rows trained on: all of them without labels in the loss; label-using methods leave the validation slice out.
+    rows = rest if method.needs_labels else None
+    n, batch = len(data.train) if rows is None else len(rows), config.batch_size
+    if n < batch:
+        raise ConfigError(f"--batch-size {batch} is larger than the {n} training images of {data.train.name} left "
+                          f"beside the {len(val)}-image validation slice; use --batch-size {max(2, n)} or less")
     steps_per_epoch = n // batch
     total_steps = config.epochs * steps_per_epoch
     warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
@@ -399,13 +430,15 @@ def _fit(
     if not done and main:
         where = f", {world} processes x {local_batch} images ({distributed.backend_for(runtime.device)})" if world > 1 else ""
         where += f", {workers} loader workers" if workers else ""
-        tqdm.write(f"training {config.method}/{config.backbone} on {len(data.train)} images ({data.train.name}), "
+        tqdm.write(f"training {config.method}/{config.backbone} on {n} images ({data.train.name}), "
                    f"{runtime.describe()}{where}, {config.epochs} epochs x {steps_per_epoch} steps", file=sys.stderr)
     method.train()
     last_save = time.monotonic()
     epoch = start_epoch
     while epoch < config.epochs and not stopped_early:
         order = epoch_order(n, config.seed, epoch)
+        if rows is not None:
+            order = rows[order]
         gen = torch.Generator(device=runtime.device)
         if aug_state is not None:
             gen.set_state(aug_state)
