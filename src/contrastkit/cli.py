@@ -279,7 +279,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     result = fit(method, data, config, out, resume=args.resume, progress=not args.quiet)
     best = f"{result.best_knn:.2%}" if result.best_knn is not None else "n/a (no labels)"
     print(f"run folder: {out}")
-    print(f"epochs: {len(result.history)}/{config.epochs}{' (stopped early)' if result.stopped_early else ''}  best kNN monitor: {best}")
+    completed = sum(1 for h in result.history if "steps" not in h)  # a last epoch cut short by --minutes has "steps"
+    how = " (stopped early)" if result.stopped_early else ""
+    how += f" (stopped on time (--minutes {config.minutes:g}); --resume with a larger --minutes continues it)" if result.stopped_on_time else ""
+    print(f"epochs: {completed}/{config.epochs}{how}  best kNN monitor: {best}")
     print(f"next: contrastkit evaluate {out}")
     return 0
 

@@ -25,7 +25,7 @@ PRECISION_NAMES = ("auto", "bf16", "fp16", "fp32")
 
 
 # Fields that say how a run executes, not what it learns: a resumed run may change them.
-RESUMABLE_FIELDS = ("device", "checkpoint_minutes", "workers", "compile")
+RESUMABLE_FIELDS = ("device", "checkpoint_minutes", "workers", "compile", "minutes")
 
 
 def _field(default: Any, help: str) -> Any:
@@ -75,6 +75,7 @@ class TrainConfig:
 
     # --- optimisation ---
     epochs: int = _field(30, "passes over the training split")
+    minutes: float | None = _field(None, "wall-clock budget of the whole run in minutes (> 0): training stops after the first step past it, with a checkpoint and the log record marked stopped_on_time. The schedule is still planned over --epochs (choose them so the run fits); a resumed run counts the time already spent, and a larger --minutes on --resume trains on. Omitted = no budget")
     batch_size: int = _field(128, "images per step (each gives 2 views); larger batches give NT-Xent more negatives but fewer steps per epoch. Under torchrun this is the global batch, split evenly over the processes (must be divisible by their number), and losses see the whole global batch")
     optimizer: str = _field("adamw", "adamw (robust at small batches) or lars (SimCLR's choice for large batches)")
     lr: float | None = _field(None, "peak learning rate after warm-up; omitted = 2e-3 for adamw, 0.3 x batch/256 for lars (SimCLR)")
@@ -132,6 +133,8 @@ class TrainConfig:
         _check_positive("monitor_queries", self.monitor_queries)
         _check_positive("knn_k", self.knn_k)
         _check_positive("checkpoint_minutes", self.checkpoint_minutes)
+        if self.minutes is not None and not 0 < self.minutes < float("inf"):
+            raise ConfigError(f"--minutes must be > 0 (a wall-clock budget), got {self.minutes}")
         if self.batch_size < 2:
             raise ConfigError(f"--batch-size must be at least 2 (contrastive losses need other images), got {self.batch_size}")
         if self.image_size is not None and self.image_size < 8:

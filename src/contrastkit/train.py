@@ -1,10 +1,12 @@
-"""``fit``: the method-agnostic training loop.
+"""``fit``: train a method on images, on the training engine (:mod:`contrastkit.engine`).
 
-The loop knows only the method contract (``forward(views, labels)`` returns a
-loss; ``embed(x)`` gives features). Around it: batched on-device views,
-warm-up + cosine schedule, mixed precision, channels_last, a kNN monitor on
-a validation slice of the training split each epoch (never the test split),
-early stopping, and atomic checkpoints.
+``fit`` knows only the method contract (``forward(views, labels)`` returns a
+loss; ``embed(x)`` gives features) and supplies what is particular to images:
+batched on-device views (:class:`ViewBatches`, the engine's batch source),
+the warm-up + cosine schedule, and a kNN monitor on a validation slice of the
+training split each epoch (never the test split) that picks ``best.pt`` and
+stops early. The engine runs the loop: mixed precision, progress, atomic
+checkpoints, exact resume, the ``--minutes`` budget and DDP.
 
 Reproducibility and resume: the shuffling order of epoch ``e`` and the
 augmentation generator's starting state are pure functions of ``(seed, e)``,
@@ -38,31 +40,25 @@ Run folder::
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import json
 import math
-import random
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from contrastkit import distributed
-from contrastkit.atomic import atomic_write_text
+from contrastkit import distributed, engine
 from contrastkit.augment import AugmentConfig, ViewAugment, channel_stats, default_recipe
-from contrastkit.checkpoint import load_checkpoint, save_checkpoint
+from contrastkit.checkpoint import SCHEMA, load_checkpoint
 from contrastkit.config import RESUMABLE_FIELDS, TrainConfig
 from contrastkit.data.dataset import DataSplits, ImageDataset
 from contrastkit.data.streaming import IndexBatches, prefetch, resolve_workers
 from contrastkit.embedding import compute_embeddings
-from contrastkit.errors import CheckpointError, ConfigError, TrainingError
+from contrastkit.errors import ConfigError
 from contrastkit.knn import knn_accuracy
 from contrastkit.methods import Method
 from contrastkit.optim import build_optimizer, lr_at
@@ -79,6 +75,7 @@ class FitResult:
     history: list[dict[str, Any]]  # one dict per epoch, as in log.jsonl
     best_knn: float | None  # best kNN monitor accuracy, None without labels
     stopped_early: bool
+    stopped_on_time: bool = False  # the --minutes budget ran out before the last epoch (see contrastkit.engine)
 
 
 def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
@@ -232,56 +229,80 @@ class _Monitor:
         return out
 
 
-def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+_no_buffer_sync = engine.no_buffer_sync  # DistributedDataParallel's option, as fit wraps methods (tests use it)
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(_to_tuple(state["python"]))
+class _MonitorHook:
+    """The kNN monitor as an engine epoch-end hook, with the epoch line's kNN, spread and rank text."""
+
+    def __init__(self, monitor: _Monitor, method: Method, data: DataSplits, info: dict[str, Any], runtime: Runtime) -> None:
+        self.monitor, self.method, self.data, self.info, self.runtime = monitor, method, data, info, runtime
+
+    def measure(self) -> dict[str, Any]:
+        return self.monitor(self.method, self.data, self.info, self.runtime)
+
+    def summary(self, record: dict[str, Any]) -> str:
+        knn = record["knn_top1"]
+        knn_text = f"kNN {knn:.2%}" if knn is not None else "kNN n/a (no labels)"
+        if record["embedding_std"] < COLLAPSE_SPREAD:
+            tqdm.write(f"warning: the embeddings are collapsing (spread {record['embedding_std']:.3f}, "
+                       f"effective rank {record['effective_rank']:.1f}); try another --lr, --temperature or method",
+                       file=sys.stderr)
+        return f"{knn_text}  spread {record['embedding_std']:.2f}  rank {record['effective_rank']:.0f}"
 
 
-def _to_tuple(x: Any) -> Any:
-    return tuple(_to_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+class _ViewEpoch:
+    """One epoch of views: this rank's block of each global batch in the epoch's order, views drawn from ``gen``."""
+
+    def __init__(self, source: "ViewBatches", order: torch.Tensor, start_step: int, gen: torch.Generator) -> None:
+        self.source, self.gen = source, gen
+        rank, world = distributed.rank(), distributed.world_size()
+        s = source
+        self.batches = IndexBatches(order, s.items_per_step, start_step, s.steps_per_epoch, rank, world)  # each (batch / world,)
+        self.loader = prefetch(s.images, self.batches, s.workers, pin_memory=s.runtime.device.type == "cuda")
+
+    def __iter__(self) -> Iterator[tuple[list[torch.Tensor], torch.Tensor | None]]:
+        s = self.source
+        for idx, images in zip(self.batches, self.loader):
+            x = images.to(s.runtime.device, non_blocking=True)  # (batch / world, C, H, W) uint8
+            labels = s.images.labels[idx].to(s.runtime.device) if s.images.labels is not None else None
+            yield s.make_views(x, self.gen), labels
+
+    def state(self) -> torch.Tensor:
+        return self.gen.get_state()
+
+    def close(self) -> None:
+        self.loader.close()
 
 
-def _write_log(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    atomic_write_text(run_dir / "log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+class ViewBatches:
+    """The engine's batch source for methods: ``(views, labels)`` per step, a pure function of (seed, epoch, step, rank).
 
-
-def _agree(loss: torch.Tensor, logged: float, want_save: bool, world: int) -> tuple[float, bool]:
-    """What every rank must agree on after a forward, in one all-reduce.
-
-    Returns:
-        The loss to log and check, averaged over ranks (the global-batch loss:
-        equal on every rank for gathered losses, the mean of the ranks' means
-        for per-image ones), so a NaN on any rank stops them all together; and
-        whether rank 0, whose clock alone decides, wants a checkpoint now.
+    The epoch's order is :func:`epoch_order` (over ``rows`` when given); the
+    views come from rank ``rank``'s augmentation generator, seeded by
+    :func:`augment_seed` at the start of each epoch; its state is what a
+    checkpoint inside an epoch keeps (``aug_rng``).
     """
-    if world == 1:
-        return (logged if bool(torch.isfinite(loss)) else float(loss.detach())), want_save
-    stats = torch.stack([loss.detach().float(), torch.tensor(float(want_save), device=loss.device)])
-    stats = distributed.all_reduce_sum(stats)
-    return float(stats[0]) / world, bool(stats[1] > 0)
 
+    state_key = "aug_rng"
 
-def _no_buffer_sync() -> dict[str, bool]:
-    """DistributedDataParallel's option not to broadcast buffers before every forward, in this torch's spelling."""
-    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
-        return {"forward_sync_buffers": False}  # torch >= 2.13 (buffers are still synced once, at wrapping)
-    return {"broadcast_buffers": False}
+    def __init__(self, images: ImageDataset, rows: torch.Tensor | None, make_views: ViewMaker, seed: int,
+                 batch_size: int, workers: int, runtime: Runtime) -> None:
+        self.images, self.rows, self.make_views, self.seed = images, rows, make_views, seed
+        self.n = len(images) if rows is None else len(rows)
+        self.items_per_step, self.steps_per_epoch = batch_size, self.n // batch_size
+        self.workers, self.runtime = workers, runtime
 
-
-def _resumed_augment_state(state: dict[str, Any], rank: int, world: int) -> torch.Tensor | None:
-    """This rank's augmentation generator state from a mid-epoch checkpoint; None when its world size differs."""
-    saved_world = int(state.get("world_size", 1))
-    if saved_world != world:
-        if rank == 0:
-            tqdm.write(f"note: the checkpoint was written inside an epoch by {saved_world} process(es) and this run has "
-                       f"{world}: the rest of that epoch gets other augmentations than an uninterrupted run", file=sys.stderr)
-        return None
-    # A copy: Generator.set_state reads a row of the (world, bytes) tensor wrongly (a crash in torch 2.13).
-    return state["aug_rng_ranks"][rank].clone() if world > 1 else state["aug_rng"]
+    def epoch(self, epoch: int, start_step: int, state: torch.Tensor | None) -> _ViewEpoch:
+        order = epoch_order(self.n, self.seed, epoch)
+        if self.rows is not None:
+            order = self.rows[order]
+        gen = torch.Generator(device=self.runtime.device)
+        if state is not None:
+            gen.set_state(state)
+        else:
+            gen.manual_seed(augment_seed(self.seed, epoch, distributed.rank()))
+        return _ViewEpoch(self, order, start_step, gen)
 
 
 def fit(
@@ -302,7 +323,8 @@ def fit(
     evenly over the ranks; the method runs wrapped in
     DistributedDataParallel (with SyncBatchNorm if ``config.sync_bn``); only
     rank 0 shows progress, runs the kNN monitor and writes files. Every rank
-    returns the same history.
+    returns the same history. The loop itself is :func:`contrastkit.engine.run`
+    (``config.minutes``: its wall-clock budget).
 
     Args:
         method: a freshly built method (see ``build_method``), the same on every rank.
@@ -333,10 +355,8 @@ def _fit(
     method: Method, data: DataSplits, config: TrainConfig, run_dir: Path, runtime: Runtime, resume: bool, progress: bool
 ) -> FitResult:
     """:func:`fit` once the runtime is resolved and any process group joined."""
-    world, rank = distributed.world_size(), distributed.rank()
-    main = rank == 0
-    ckpt_dir = run_dir / "checkpoints"
-    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    world, main = distributed.world_size(), distributed.rank() == 0
+    last_path = run_dir / "checkpoints" / "last.pt"
     if not resume and last_path.exists():
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     _check_data(data, method, config)
@@ -348,15 +368,12 @@ def _fit(
     info = data_info(data.train, config)
     aug_cfg = augment_recipe(info, config)
     make_views = ViewMaker(method, aug_cfg, info, runtime)
-    method.to(runtime.device)
-    if runtime.channels_last:
-        method.to(memory_format=torch.channels_last)
+    engine.place(method, runtime)
     if config.sync_bn and world > 1:
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)  # in place: same parameters, same state-dict keys
     if config.compile:
         method.backbone.compile()  # nn.Module.compile: in place, so state-dict keys do not change
     optimizer = build_optimizer(method, config)
-    scaler = torch.amp.GradScaler(enabled=runtime.dtype == torch.float16)
     rest, val = validation_split(data.train, config)
     monitor = _Monitor(data, config, rest, val) if main else None
     # Rows trained on: all of them without labels in the loss; label-using methods leave the validation slice out.
@@ -365,160 +382,33 @@ def _fit(
     if n < batch:
         raise ConfigError(f"--batch-size {batch} is larger than the {n} training images of {data.train.name} left "
                           f"beside the {len(val)}-image validation slice; use --batch-size {max(2, n)} or less")
-    steps_per_epoch = n // batch
+    workers = resolve_workers(config.workers, data.train)
+    source = ViewBatches(data.train, rows, make_views, config.seed, batch, workers, runtime)
+    steps_per_epoch = source.steps_per_epoch
     total_steps = config.epochs * steps_per_epoch
     warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
-    workers = resolve_workers(config.workers, data.train)
+    plan = engine.Plan(epochs=config.epochs, checkpoint_minutes=config.checkpoint_minutes, minutes=config.minutes,
+                       lr=lambda step: lr_at(step, config.peak_lr, warmup_steps, total_steps))
 
-    start_epoch, step_in_epoch, aug_state = 0, 0, None
-    history: list[dict[str, Any]] = []
-    best_knn, bad_epochs, stopped_early = None, 0, False
-    loss_sum, loss_count = 0.0, 0
-    if resume:
-        if not last_path.exists():
-            raise CheckpointError(f"{run_dir}: nothing to resume, no {last_path}")
-        state = load_checkpoint(last_path)  # on every rank: identical weights, optimiser and counters
+    where = f", {world} processes x {local_batch} images ({distributed.backend_for(runtime.device)})" if world > 1 else ""
+    where += f", {workers} loader workers" if workers else ""
+    budget = f", at most {config.minutes:g} minutes" if config.minutes is not None else ""
+    banner = (f"training {config.method}/{config.backbone} on {n} images ({data.train.name}), "
+              f"{runtime.describe()}{where}, {config.epochs} epochs x {steps_per_epoch} steps{budget}")
+
+    def check_resume(state: dict[str, Any]) -> None:
         saved = TrainConfig.from_dict(state["config"])  # fields added since are filled with defaults
         if dataclasses.replace(saved, **{f: getattr(config, f) for f in RESUMABLE_FIELDS}) != config:
             raise ConfigError(f"{last_path}: the checkpoint's configuration differs from this one; resume with the run's own config.json")
-        method.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
-        aug_state = _resumed_augment_state(state, rank, world) if step_in_epoch else None
-        history, best_knn = list(state["history"]), state["best_knn"]
-        bad_epochs, stopped_early = int(state["bad_epochs"]), bool(state["stopped_early"])
-        loss_sum, loss_count = float(state["loss_sum"]), int(state["loss_count"])
-        _set_rng_state(state["rng"])
-    elif main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config.save(run_dir / "config.json")
 
-    model: nn.Module = method
-    if world > 1:
-        # Every trainable parameter of every method takes part in its loss, so no search for unused ones.
-        # Buffers are not broadcast each step: queues and DINO's centre are kept identical by gathering,
-        # EMA targets follow identical weights, and BatchNorm running statistics (unused in training) are
-        # rank 0's in the checkpoints.
-        device_ids = None
-        if runtime.device.type == "cuda":
-            device_ids = [runtime.device.index if runtime.device.index is not None else torch.cuda.current_device()]
-        model = DistributedDataParallel(method, device_ids=device_ids, **_no_buffer_sync())
-
-    def checkpoint(epoch: int, step: int, gen: torch.Generator | None) -> None:
-        """Write last.pt from rank 0; inside an epoch every rank must call it (its augmentation state is gathered)."""
-        aug = gen.get_state() if gen is not None else torch.zeros(0, dtype=torch.uint8)
-        per_rank: dict[str, torch.Tensor] = {}
-        if world > 1 and gen is not None:
-            per_rank["aug_rng_ranks"] = distributed.all_gather_tensor(aug[None])  # (world, state bytes)
-        if not main:
-            return
-        save_checkpoint(last_path, {
-            "config": config.to_dict(), "data": info, "model": method.state_dict(), "epoch": epoch,
-            "step_in_epoch": step, "aug_rng": aug, "world_size": world, **per_rank,
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "history": history,
-            "best_knn": best_knn, "bad_epochs": bad_epochs, "stopped_early": stopped_early,
-            "loss_sum": loss_sum, "loss_count": loss_count, "rng": _rng_state(), "augment": aug_cfg.__dict__,
-        })
-
-    done = start_epoch >= config.epochs or stopped_early
-    bar = tqdm(
-        total=total_steps, initial=start_epoch * steps_per_epoch + step_in_epoch, unit="step",
-        desc="train", disable=not progress or done or not main, file=sys.stderr, dynamic_ncols=True,
-        mininterval=0.5 if sys.stderr.isatty() else 30.0,  # a log file gets a line every 30 s, not every step
+    out = engine.run(
+        method, source, optimizer, plan, runtime, run_dir, resume=resume, progress=progress,
+        monitor=_MonitorHook(monitor, method, data, info, runtime) if monitor is not None else None,
+        selection=engine.Selection("knn_top1", "max", config.patience, label="kNN", fmt="{:.2%}"),
+        meta={"config": config.to_dict(), "data": info, "augment": aug_cfg.__dict__}, schema=SCHEMA,
+        load=load_checkpoint, check_resume=check_resume, on_new_run=lambda: config.save(run_dir / "config.json"),
+        banner=banner,
     )
-    if not done and main:
-        where = f", {world} processes x {local_batch} images ({distributed.backend_for(runtime.device)})" if world > 1 else ""
-        where += f", {workers} loader workers" if workers else ""
-        tqdm.write(f"training {config.method}/{config.backbone} on {n} images ({data.train.name}), "
-                   f"{runtime.describe()}{where}, {config.epochs} epochs x {steps_per_epoch} steps", file=sys.stderr)
-    method.train()
-    last_save = time.monotonic()
-    epoch = start_epoch
-    while epoch < config.epochs and not stopped_early:
-        order = epoch_order(n, config.seed, epoch)
-        if rows is not None:
-            order = rows[order]
-        gen = torch.Generator(device=runtime.device)
-        if aug_state is not None:
-            gen.set_state(aug_state)
-            aug_state = None
-        else:
-            gen.manual_seed(augment_seed(config.seed, epoch, rank))
-        t_epoch, images_seen = time.perf_counter(), 0
-        # This rank's block of each global batch from the step reached on, decoded ahead by the workers.
-        batches = IndexBatches(order, batch, step_in_epoch, steps_per_epoch, rank, world)  # each (batch / world,)
-        loader = prefetch(data.train, batches, workers, pin_memory=runtime.device.type == "cuda")
-        for step, idx, images in zip(range(step_in_epoch, steps_per_epoch), batches, loader):
-            global_step = epoch * steps_per_epoch + step
-            lr = lr_at(global_step, config.peak_lr, warmup_steps, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x = images.to(runtime.device, non_blocking=True)  # (batch / world, C, H, W) uint8
-            labels = data.train.labels[idx].to(runtime.device) if data.train.labels is not None else None
-            views = make_views(x, gen)
-            with runtime.autocast():
-                loss, logs = model(views, labels)
-            want_save = main and time.monotonic() - last_save > config.checkpoint_minutes * 60 and step + 1 < steps_per_epoch
-            step_loss, save_now = _agree(loss, logs["loss"], want_save, world)
-            if not math.isfinite(step_loss):
-                bar.close()
-                raise TrainingError(
-                    f"the loss became {step_loss} at epoch {epoch + 1}, step {step + 1}; stopped. "
-                    f"The last good checkpoint ({last_path}) is intact. Try a lower --lr, or --precision fp32."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            method.after_step(global_step + 1, total_steps)  # momentum encoders, queues
-            loss_sum += step_loss * batch
-            loss_count += batch
-            images_seen += batch
-            rate = images_seen / max(time.perf_counter() - t_epoch, 1e-9)
-            bar.set_postfix(epoch=f"{epoch + 1}/{config.epochs}", loss=f"{step_loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
-            bar.update(1)
-            if save_now:
-                checkpoint(epoch, step + 1, gen)
-                last_save = time.monotonic()
-        loader.close()  # its workers stop before the monitor runs
-        epoch_seconds = time.perf_counter() - t_epoch
-        step_in_epoch = 0
+    return FitResult(run_dir=run_dir, history=out.history, best_knn=out.best, stopped_early=out.stopped_early,
+                     stopped_on_time=out.stopped_on_time)
 
-        # Rank 0 runs the monitor while the others wait here; then every rank keeps the same history.
-        monitor_out = monitor(method, data, info, runtime) if monitor is not None else None
-        monitor_out, epoch_seconds = distributed.broadcast_object((monitor_out, epoch_seconds))
-        record = {
-            "epoch": epoch + 1, "loss": loss_sum / max(loss_count, 1), "lr": lr,
-            **monitor_out, "images_per_s": images_seen / max(epoch_seconds, 1e-9), "epoch_seconds": epoch_seconds,
-        }
-        loss_sum, loss_count = 0.0, 0
-        knn = monitor_out["knn_top1"]
-        improved = knn is None or best_knn is None or knn > best_knn
-        if knn is not None and improved:
-            best_knn = knn
-        bad_epochs = 0 if improved else bad_epochs + 1
-        if config.patience and knn is not None and bad_epochs >= config.patience and epoch + 1 < config.epochs:
-            stopped_early = True
-            record["stopped_early"] = True
-        history.append(record)
-        epoch += 1
-        if improved and main:
-            save_checkpoint(best_path, {"config": config.to_dict(), "data": info, "model": method.state_dict(), "epoch": epoch, "knn_top1": knn})
-        checkpoint(epoch, 0, None)
-        last_save = time.monotonic()
-        if not main:
-            continue
-        _write_log(run_dir, history)
-        knn_text = f"kNN {knn:.2%}" if knn is not None else "kNN n/a (no labels)"
-        if monitor_out["embedding_std"] < COLLAPSE_SPREAD:
-            tqdm.write(f"warning: the embeddings are collapsing (spread {monitor_out['embedding_std']:.3f}, "
-                       f"effective rank {monitor_out['effective_rank']:.1f}); try another --lr, --temperature or method",
-                       file=sys.stderr)
-        tqdm.write(f"epoch {epoch}/{config.epochs}: loss {record['loss']:.4f}  {knn_text}  "
-                   f"spread {monitor_out['embedding_std']:.2f}  rank {monitor_out['effective_rank']:.0f}  {record['images_per_s']:.0f} img/s", file=sys.stderr)
-        if stopped_early:
-            tqdm.write(f"early stop: no kNN improvement for {config.patience} epochs (best {best_knn:.2%})", file=sys.stderr)
-    bar.close()
-    distributed.barrier()  # the other ranks return once rank 0 has written the run folder
-    return FitResult(run_dir=run_dir, history=history, best_knn=best_knn, stopped_early=stopped_early)

@@ -1,0 +1,486 @@
+"""The training engine: one loop for every trainable.
+
+The engine knows nothing of images or contrastive learning. It is handed
+
+* a **trainable**: an ``nn.Module`` whose ``forward(*batch)`` returns
+  ``(loss, logs)`` (``logs["loss"]``, when present, is the float logged), with
+  an optional ``after_step(step, total_steps)`` hook (EMA targets, queues) and
+  optional ``extra_state()`` / ``load_extra_state(state)`` for checkpoint state
+  outside its ``state_dict``;
+* a **batch source** (:class:`BatchSource`) whose batches are a pure function
+  of (seed, epoch, step): ``epoch(e, start_step, state)`` gives the batches of
+  epoch ``e`` from ``start_step`` on, and ``state()`` the one piece of hidden
+  state (a tensor: an RNG's state) that a checkpoint inside an epoch must keep;
+* an optimiser and a :class:`Plan`: epochs, the learning rate as a pure
+  function of the step, the checkpoint interval and the wall-clock budget;
+
+and owns the rest: precision (autocast, fp16 gradient scaling), progress with
+an ETA, the NaN/inf stop, atomic checkpoints at epoch ends and every
+``checkpoint_minutes`` inside an epoch, exact resume (weights, optimiser,
+scaler, RNG, counters and the source's state), epoch-end monitors, the best
+checkpoint and early stopping (:class:`Selection`), ``log.jsonl``, the budget,
+and DistributedDataParallel under torchrun (rank 0 decides, shows progress and
+writes files; every rank returns the same history).
+
+Wall-clock budget (``Plan.minutes``): the clock runs while the loop runs
+(steps, monitors, checkpoint writes; not the start-up before the first
+step). After the first step that ends past the budget the run checkpoints and
+stops; an epoch cut short this way still gets a log record (its monitor
+values, ``steps`` done of it, ``stopped_on_time``), which the completed epoch
+replaces when the run is resumed. The time spent is kept in every checkpoint
+(``elapsed_s``) and a resumed run continues the count: ``--minutes`` is the
+budget of the whole run, so resuming with the same budget after it ran out
+takes no step, and resuming with a larger one trains for the difference.
+(A run killed between checkpoints loses the uncounted time since the last
+one: at most ``checkpoint_minutes`` per kill.) The schedule is still planned
+over ``epochs``: the budget only caps it, it never changes what a step does.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from contrastkit import distributed
+from contrastkit.atomic import atomic_torch_save, atomic_write_text
+from contrastkit.errors import CheckpointError, ConfigError, TrainingError
+from contrastkit.runtime import Runtime
+
+SCHEMA = "contrastkit.engine/1"  # schema tag of checkpoints written without a caller's own
+clock = time.monotonic  # the clock of the budget and the checkpoint interval (tests replace it)
+
+
+class EpochBatches(Protocol):
+    """The batches of one epoch, from the step the run reached on."""
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]: ...  # each: the trainable's positional arguments
+
+    def state(self) -> torch.Tensor: ...  # this rank's hidden state now (a flat tensor), for mid-epoch checkpoints
+
+    def close(self) -> None: ...
+
+
+class BatchSource(Protocol):
+    """Batches as a pure function of (seed, epoch, step), plus a resumable state inside an epoch."""
+
+    steps_per_epoch: int
+    items_per_step: int  # global batch size: weights the epoch's mean loss and gives items/s
+    state_key: str  # checkpoint key of the state (``<key>_ranks`` for every rank's in a distributed run)
+
+    def epoch(self, epoch: int, start_step: int, state: torch.Tensor | None) -> EpochBatches:
+        """Epoch ``epoch``'s batches from ``start_step`` on; ``state`` is a checkpoint's (None: the epoch's start)."""
+        ...
+
+
+class Monitor(Protocol):
+    """Measured on rank 0 at every epoch end; its values join the epoch's log record."""
+
+    def measure(self) -> dict[str, Any]: ...
+
+    def summary(self, record: dict[str, Any]) -> str: ...  # text for the epoch line (may print warnings itself)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which epoch is best (``best.pt``) and when to stop early.
+
+    Attributes:
+        metric: key of the monitor value; epochs where it is None count as improved.
+        mode: ``max`` or ``min``.
+        patience: stop after this many epochs without improvement (0 = never).
+        label: how messages name the metric.
+        fmt: how messages format it.
+    """
+
+    metric: str
+    mode: str = "max"
+    patience: int = 0
+    label: str = ""
+    fmt: str = "{:.4g}"
+
+    def better(self, value: float, best: float) -> bool:
+        return value > best if self.mode == "max" else value < best
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long and how fast: epochs, the learning rate of each step, checkpoint interval, budget."""
+
+    epochs: int
+    lr: Callable[[int], float]  # global step -> learning rate (pure: resume depends on it)
+    checkpoint_minutes: float = 5.0  # also checkpoint inside an epoch at this interval
+    minutes: float | None = None  # wall-clock budget of the whole run (see the module docstring); None = none
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be > 0, got {self.epochs}")
+        if not self.checkpoint_minutes > 0:
+            raise ConfigError(f"--checkpoint-minutes must be > 0, got {self.checkpoint_minutes}")
+        if self.minutes is not None and not 0 < self.minutes < float("inf"):
+            raise ConfigError(f"--minutes must be > 0 (a wall-clock budget), got {self.minutes}")
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` did."""
+
+    history: list[dict[str, Any]]  # one record per epoch, as in log.jsonl (a last one cut short by the budget too)
+    best: float | None  # best value of the selection metric, None without one
+    stopped_early: bool
+    stopped_on_time: bool  # the wall-clock budget ran out before the last epoch ended
+    elapsed_s: float  # training seconds counted against the budget, over every session of the run
+
+
+def place(module: nn.Module, runtime: Runtime) -> nn.Module:
+    """Move ``module`` to the runtime's device and memory format (in place), before its optimiser is built."""
+    module.to(runtime.device)
+    if runtime.channels_last:
+        module.to(memory_format=torch.channels_last)
+    return module
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)``: plain tensors and values only."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is one message
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a checkpoint (expected a dict, got {type(state).__name__})")
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_to_tuple(state["python"]))
+
+
+def _to_tuple(x: Any) -> Any:
+    return tuple(_to_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def write_log(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """``log.jsonl``: one JSON object per epoch, written atomically."""
+    atomic_write_text(run_dir / "log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+
+
+def agree(loss: torch.Tensor, logged: float, flags: tuple[bool, ...], world: int) -> tuple[float, tuple[bool, ...]]:
+    """What every rank must agree on after a forward, in one all-reduce.
+
+    Returns:
+        The loss to log and check, averaged over ranks (the global-batch loss:
+        equal on every rank for gathered losses, the mean of the ranks' means
+        for per-image ones), so a NaN on any rank stops them all together; and
+        each flag raised on any rank (rank 0's clock alone raises them: a
+        checkpoint is due, the budget ran out).
+    """
+    if world == 1:
+        return (logged if bool(torch.isfinite(loss)) else float(loss.detach())), flags
+    stats = torch.stack([loss.detach().float(), *(torch.tensor(float(f), device=loss.device) for f in flags)])
+    stats = distributed.all_reduce_sum(stats)
+    return float(stats[0]) / world, tuple(bool(s > 0) for s in stats[1:])
+
+
+def no_buffer_sync() -> dict[str, bool]:
+    """DistributedDataParallel's option not to broadcast buffers before every forward, in this torch's spelling."""
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": False}  # torch >= 2.13 (buffers are still synced once, at wrapping)
+    return {"broadcast_buffers": False}
+
+
+def _wrap(trainable: nn.Module, runtime: Runtime) -> nn.Module:
+    """The module the loop calls: ``trainable`` itself, or wrapped in DistributedDataParallel inside a process group.
+
+    Every trainable parameter is expected to take part in the loss (no search
+    for unused ones). Buffers are not broadcast each step: a trainable keeps
+    its own identical across ranks (queues by gathering, EMA targets by
+    following identical weights); BatchNorm running statistics are rank 0's
+    in the checkpoints.
+    """
+    if distributed.world_size() == 1:
+        return trainable
+    device_ids = None
+    if runtime.device.type == "cuda":
+        device_ids = [runtime.device.index if runtime.device.index is not None else torch.cuda.current_device()]
+    return DistributedDataParallel(trainable, device_ids=device_ids, **no_buffer_sync())
+
+
+def _resumed_source_state(state: dict[str, Any], key: str, rank: int, world: int) -> torch.Tensor | None:
+    """This rank's source state from a mid-epoch checkpoint; None when its world size differs."""
+    saved_world = int(state.get("world_size", 1))
+    if saved_world != world:
+        if rank == 0:
+            tqdm.write(f"note: the checkpoint was written inside an epoch by {saved_world} process(es) and this run has "
+                       f"{world}: the rest of that epoch gets other random draws (augmentations) than an "
+                       "uninterrupted run", file=sys.stderr)
+        return None
+    # A copy: Generator.set_state reads a row of the (world, bytes) tensor wrongly (a crash in torch 2.13).
+    return state[f"{key}_ranks"][rank].clone() if world > 1 else state[key]
+
+
+@dataclass
+class _Counters:
+    """The loop's resumable counters (saved in every checkpoint under these names)."""
+
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0  # steps done of the epoch in progress
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: float | None = None
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    elapsed_s: float = 0.0
+
+
+def run(
+    trainable: nn.Module,
+    source: BatchSource,
+    optimizer: torch.optim.Optimizer,
+    plan: Plan,
+    runtime: Runtime,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    monitor: Monitor | None = None,
+    selection: Selection | None = None,
+    meta: dict[str, Any] | None = None,
+    schema: str = SCHEMA,
+    load: Callable[[Path], dict[str, Any]] = load_state,
+    check_resume: Callable[[dict[str, Any]], None] | None = None,
+    on_new_run: Callable[[], None] | None = None,
+    banner: str | None = None,
+) -> RunResult:
+    """Train ``trainable`` on ``source`` as ``plan`` says, writing ``run_dir/checkpoints`` and ``run_dir/log.jsonl``.
+
+    Call it on every rank of a process group (or in one process). The
+    trainable must already be on the runtime's device (:func:`place`), and
+    ``optimizer`` built on its parameters.
+
+    Args:
+        trainable: the module trained (see the module docstring).
+        source: its batches (see :class:`BatchSource`).
+        optimizer: the optimiser; its learning rate is set every step from ``plan.lr``.
+        plan: epochs, schedule, checkpoint interval and budget.
+        runtime: device, precision and memory format.
+        run_dir: the run folder; it must not hold a run unless ``resume``.
+        resume: continue from ``run_dir/checkpoints/last.pt``.
+        progress: show a progress bar on stderr (rank 0).
+        monitor: measured on rank 0 at every epoch end (and when the budget cuts an epoch short).
+        selection: the monitor value that picks ``best.pt`` and stops early; without it every epoch is "best".
+        meta: plain values saved in every checkpoint (``last.pt`` and ``best.pt``), e.g. the config.
+        schema: the checkpoints' schema tag.
+        load: reads a checkpoint (a caller's may check its own schema).
+        check_resume: called with the loaded checkpoint before anything is restored; raises if it may not resume.
+        on_new_run: called on rank 0 when a new run starts, after the folder is made (write config files here).
+        banner: printed once on rank 0 when training starts.
+
+    Raises:
+        TrainingError: the loss became NaN or inf (the last checkpoint is kept).
+        ConfigError: ``run_dir`` already holds a run and ``resume`` is off.
+        CheckpointError: ``resume`` with nothing to resume.
+    """
+    world, rank = distributed.world_size(), distributed.rank()
+    main = rank == 0
+    ckpt_dir = run_dir / "checkpoints"
+    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    if not resume and last_path.exists():
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    meta = dict(meta or {})
+    scaler = torch.amp.GradScaler(enabled=runtime.dtype == torch.float16)
+    steps_per_epoch, batch = source.steps_per_epoch, source.items_per_step
+    if steps_per_epoch < 1:
+        raise ConfigError(f"the batch source has no full batch of {batch} items per epoch; use a smaller --batch-size")
+    total_steps = plan.epochs * steps_per_epoch
+    budget_s = plan.minutes * 60 if plan.minutes is not None else None
+    c = _Counters()
+    source_state = None
+    if resume:
+        if not last_path.exists():
+            raise CheckpointError(f"{run_dir}: nothing to resume, no {last_path}")
+        state = load(last_path)  # on every rank: identical weights, optimiser and counters
+        if check_resume is not None:
+            check_resume(state)
+        trainable.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        c.epoch, c.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+        source_state = _resumed_source_state(state, source.state_key, rank, world) if c.step_in_epoch else None
+        c.history, c.best = list(state["history"]), state.get("best", state.get("best_knn"))  # best_knn: before the engine
+        c.bad_epochs, c.stopped_early = int(state["bad_epochs"]), bool(state["stopped_early"])
+        c.loss_sum, c.loss_count = float(state["loss_sum"]), int(state["loss_count"])
+        c.elapsed_s = float(state.get("elapsed_s", 0.0))
+        if "trainable_state" in state and hasattr(trainable, "load_extra_state"):
+            trainable.load_extra_state(state["trainable_state"])
+        set_rng_state(state["rng"])
+    elif main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if on_new_run is not None:
+            on_new_run()
+    model = _wrap(trainable, runtime)
+    after_step = getattr(trainable, "after_step", None)
+
+    t_start = clock()
+
+    def elapsed() -> float:
+        return c.elapsed_s + (clock() - t_start)
+
+    def checkpoint(batches: EpochBatches | None) -> None:
+        """Write last.pt from rank 0; inside an epoch every rank must call it (its source state is gathered)."""
+        src = batches.state() if batches is not None else torch.zeros(0, dtype=torch.uint8)
+        per_rank: dict[str, torch.Tensor] = {}
+        if world > 1 and batches is not None:
+            per_rank[f"{source.state_key}_ranks"] = distributed.all_gather_tensor(src[None])  # (world, state size)
+        if not main:
+            return
+        extra = {"trainable_state": trainable.extra_state()} if hasattr(trainable, "extra_state") else {}
+        save(last_path, {
+            **meta, "model": trainable.state_dict(), "epoch": c.epoch, "step_in_epoch": c.step_in_epoch,
+            source.state_key: src, "world_size": world, **per_rank,
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "history": c.history,
+            "best": c.best, "bad_epochs": c.bad_epochs, "stopped_early": c.stopped_early,
+            "loss_sum": c.loss_sum, "loss_count": c.loss_count, "elapsed_s": elapsed(),
+            "stopped_on_time": out_of_time, "rng": rng_state(), **extra,
+        })
+
+    def save(path: Path, state: dict[str, Any]) -> None:
+        atomic_torch_save(path, {"schema": schema, **state})
+
+    out_of_time = budget_s is not None and c.elapsed_s >= budget_s
+    done = c.epoch >= plan.epochs or c.stopped_early or out_of_time
+    bar = tqdm(
+        total=total_steps, initial=c.epoch * steps_per_epoch + c.step_in_epoch, unit="step",
+        desc="train", disable=not progress or done or not main, file=sys.stderr, dynamic_ncols=True,
+        mininterval=0.5 if sys.stderr.isatty() else 30.0,  # a log file gets a line every 30 s, not every step
+    )
+    if not done and main and banner:
+        tqdm.write(banner, file=sys.stderr)
+    trainable.train()
+    last_save = clock()
+    partial: dict[str, Any] | None = None  # the record of an epoch the budget cut short
+    while c.epoch < plan.epochs and not c.stopped_early and not out_of_time:
+        epoch = c.epoch
+        t_epoch, items_seen = time.perf_counter(), 0
+        lr = plan.lr(epoch * steps_per_epoch + c.step_in_epoch)
+        batches = source.epoch(epoch, c.step_in_epoch, source_state)
+        source_state = None
+        try:
+            for step, args in zip(range(c.step_in_epoch, steps_per_epoch), batches):
+                global_step = epoch * steps_per_epoch + step
+                lr = plan.lr(global_step)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with runtime.autocast():
+                    loss, logs = model(*args)
+                now = clock()
+                want_save = main and now - last_save > plan.checkpoint_minutes * 60 and step + 1 < steps_per_epoch
+                want_stop = main and budget_s is not None and c.elapsed_s + (now - t_start) >= budget_s
+                step_loss, (save_now, out_of_time) = agree(
+                    loss, logs.get("loss", float(loss.detach())), (want_save, want_stop), world)
+                if not math.isfinite(step_loss):
+                    bar.close()
+                    raise TrainingError(
+                        f"the loss became {step_loss} at epoch {epoch + 1}, step {step + 1}; stopped. "
+                        f"The last good checkpoint ({last_path}) is intact. Try a lower --lr, or --precision fp32."
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                if after_step is not None:
+                    after_step(global_step + 1, total_steps)  # momentum encoders, queues
+                c.loss_sum += step_loss * batch
+                c.loss_count += batch
+                items_seen += batch
+                rate = items_seen / max(time.perf_counter() - t_epoch, 1e-9)
+                bar.set_postfix(epoch=f"{epoch + 1}/{plan.epochs}", loss=f"{step_loss:.4f}", img_s=f"{rate:.0f}",
+                                refresh=False)
+                bar.update(1)
+                c.step_in_epoch = step + 1
+                if out_of_time and c.step_in_epoch < steps_per_epoch:
+                    checkpoint(batches)  # cut short inside the epoch: resumable from here
+                    break
+                if save_now:
+                    checkpoint(batches)
+                    last_save = clock()
+        finally:
+            batches.close()  # e.g. loader workers stop before the monitor runs
+        epoch_seconds = time.perf_counter() - t_epoch
+        cut = c.step_in_epoch < steps_per_epoch
+
+        # Rank 0 measures while the others wait here; then every rank keeps the same history.
+        measured = monitor.measure() if main and monitor is not None else {}
+        measured, epoch_seconds = distributed.broadcast_object((measured, epoch_seconds))
+        record = {
+            "epoch": epoch + 1, "loss": c.loss_sum / max(c.loss_count, 1), "lr": lr,
+            **measured, "images_per_s": items_seen / max(epoch_seconds, 1e-9), "epoch_seconds": epoch_seconds,
+        }
+        if cut:  # the budget ran out inside the epoch: the state stays mid-epoch, the record is provisional
+            partial = {**record, "steps": c.step_in_epoch, "stopped_on_time": True}
+            if main:
+                _report(record, epoch, plan, monitor, partial=True)
+            break
+        c.loss_sum, c.loss_count, c.step_in_epoch = 0.0, 0, 0
+        score = measured.get(selection.metric) if selection is not None else None
+        improved = score is None or c.best is None or selection.better(score, c.best)
+        if score is not None and improved:
+            c.best = score
+        c.bad_epochs = 0 if improved else c.bad_epochs + 1
+        if (selection is not None and selection.patience and score is not None
+                and c.bad_epochs >= selection.patience and epoch + 1 < plan.epochs):
+            c.stopped_early = True
+            record["stopped_early"] = True
+        if out_of_time and epoch + 1 < plan.epochs:
+            record["stopped_on_time"] = True
+        c.history.append(record)
+        c.epoch = epoch + 1
+        if improved and main:
+            save(best_path, {**meta, "model": trainable.state_dict(), "epoch": c.epoch,
+                             **({selection.metric: score} if selection is not None else {})})
+        checkpoint(None)
+        last_save = clock()
+        if not main:
+            continue
+        write_log(run_dir, c.history)
+        _report(record, epoch, plan, monitor)
+        if c.stopped_early:
+            best = selection.fmt.format(c.best) if selection is not None else ""
+            tqdm.write(f"early stop: no {selection.label or selection.metric} improvement for {selection.patience} "
+                       f"epochs (best {best})", file=sys.stderr)
+    bar.close()
+    history = c.history + ([partial] if partial is not None else [])
+    if partial is not None and main:
+        write_log(run_dir, history)
+    stopped_on_time = out_of_time and c.epoch < plan.epochs and not c.stopped_early
+    if stopped_on_time and main and not done:
+        tqdm.write(f"time budget: stopped after {elapsed() / 60:.2f} of {plan.minutes:g} minutes at epoch "
+                   f"{c.epoch + (1 if partial else 0)}/{plan.epochs}, step {c.step_in_epoch or steps_per_epoch}; "
+                   f"{last_path} resumes it (with a larger --minutes to train on)", file=sys.stderr)
+    distributed.barrier()  # the other ranks return once rank 0 has written the run folder
+    return RunResult(history=history, best=c.best, stopped_early=c.stopped_early,
+                     stopped_on_time=stopped_on_time, elapsed_s=elapsed())
+
+
+def _report(record: dict[str, Any], epoch: int, plan: Plan, monitor: Monitor | None, partial: bool = False) -> None:
+    """The epoch line on stderr (rank 0)."""
+    summary = monitor.summary(record) if monitor is not None else ""
+    where = f"epoch {epoch + 1}/{plan.epochs}" + (" (cut short by the time budget)" if partial else "")
+    tqdm.write(f"{where}: loss {record['loss']:.4f}  {summary + '  ' if summary else ''}"
+               f"{record['images_per_s']:.0f} img/s", file=sys.stderr)
