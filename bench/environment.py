@@ -1,16 +1,23 @@
-"""What every benchmark prints first: the command, the machine, the versions, the commit.
+"""What every benchmark prints first (the command, the machine, the versions, the commit), and writes with its results.
 
 Evidence travels with results (airbench): a figure without these lines
-cannot be reproduced or compared.
+cannot be reproduced or compared. :func:`write_results` is the one way the
+scripts write their ``--out`` JSON, and :func:`peak_rss_bytes` the one way
+they read peak memory.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
+import resource
 import shlex
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,3 +59,18 @@ def describe() -> str:
     if torch.cuda.is_available():
         lines.append(f"gpu: {torch.cuda.get_device_name()}")
     return "\n".join(lines)
+
+
+def peak_rss_bytes(usage: resource.struct_rusage | None = None) -> int:
+    """Peak resident set size in bytes: of this process, or of the child whose ``usage`` (from ``os.wait4``) is given.
+
+    ``ru_maxrss`` is in KiB on Linux and in bytes on macOS.
+    """
+    usage = usage if usage is not None else resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def write_results(path: Path, args: argparse.Namespace, results: Any) -> None:
+    """Write ``{"environment": describe(), "args": ..., "results": results}`` as indented JSON to ``path``."""
+    record = {"environment": describe(), "args": {k: str(v) for k, v in vars(args).items()}, "results": results}
+    Path(path).write_text(json.dumps(record, indent=2) + "\n")

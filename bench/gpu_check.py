@@ -27,10 +27,8 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import resource
 import sys
 import tempfile
 from pathlib import Path
@@ -44,7 +42,7 @@ from contrastkit.errors import ConfigError
 from contrastkit.runtime import resolve_device
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from environment import describe  # noqa: E402
+from environment import describe, peak_rss_bytes, write_results  # noqa: E402
 from harness import train  # noqa: E402
 
 VARIANTS = {
@@ -71,7 +69,7 @@ def peak_memory_mib(device: torch.device) -> float:
     """Peak device memory since the last reset (CUDA), else this process's peak RSS, in MiB."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_bytes() / 2**20
 
 
 def run_variant(name: str, base: TrainConfig, data: DataSplits) -> dict[str, Any]:
@@ -132,8 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {row['variant']} | {row['images_per_s']:.0f} | {row['first_epoch_images_per_s']:.0f} | "
               f"{row['peak_memory_mib']:.0f} | {'yes' if row['finite'] else 'NO'} |")
     if args.out:
-        args.out.write_text(json.dumps({"environment": describe(), "args": {k: str(v) for k, v in vars(args).items()},
-                                        "results": rows}, indent=2) + "\n")
+        write_results(args.out, args, rows)
     if not all(row["finite"] for row in rows):
         raise SystemExit("a variant's loss was not finite")
 

@@ -26,6 +26,7 @@ from contrastkit.methods import Method, build_method
 from contrastkit.optim import build_optimizer
 from contrastkit.runtime import Runtime
 from contrastkit.train import FitResult, ViewMaker, augment_recipe, data_info, fit
+from environment import peak_rss_bytes  # bench/ is on sys.path of every script that imports harness
 
 WARMUP_STEPS = 2  # untimed steps first: allocator, oneDNN kernels and bf16 weight caches warm up
 
@@ -91,7 +92,7 @@ def run_child(args: Sequence[str]) -> tuple[int, float, float]:
     proc = subprocess.Popen([sys.executable, "-m", "contrastkit", *args], stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, time.perf_counter() - t0, usage.ru_maxrss / 1024
+    return proc.returncode, time.perf_counter() - t0, peak_rss_bytes(usage) / 2**20
 
 
 def train(config: TrainConfig, data: DataSplits, run_dir: Path) -> tuple[Method, FitResult, float]:

@@ -36,9 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import resource
 import shutil
 import statistics
 import sys
@@ -53,7 +51,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from environment import describe  # noqa: E402
+from environment import describe, peak_rss_bytes, write_results  # noqa: E402
 
 KINDS = ("flat", "ivf", "ivfpq", "hnsw")
 COMPONENTS = 1000  # mixture components of the synthetic embeddings
@@ -246,7 +244,7 @@ def measure_kind(path: str, kind: str, queries: np.ndarray, exact: np.ndarray, r
             "batch_seconds_per_query": batch, "single_query_seconds": single,
         })
     peak_anon = anon.stop()
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    peak_rss = peak_rss_bytes()
     for r in rows:
         r.update({"peak_rss_bytes": peak_rss, "peak_anon_extra_bytes": peak_anon,
                   "faiss_threads": faiss.omp_get_max_threads()})
@@ -365,8 +363,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{info['tune_seconds']:.1f} | {r['index_bytes'] / 2**20:.1f} | {r['peak_rss_bytes'] / 2**20:.0f} | {anon} | "
               f"{r['batch_seconds_per_query'] * 1e6:.0f} | {r['single_query_seconds'] * 1e3:.2f} | {r['recall_at_10']:.4f} |")
     if args.out:
-        args.out.write_text(json.dumps({"environment": describe(), "args": {k: str(v) for k, v in vars(args).items()},
-                                        "results": results}, indent=2) + "\n")
+        write_results(args.out, args, results)
         print(f"\nwrote {args.out}")
 
 

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -33,7 +31,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from environment import describe  # noqa: E402
+from environment import describe, peak_rss_bytes, write_results  # noqa: E402
 from index_scale import AnonPeak, mixture_file, parse_sizes  # noqa: E402
 
 BACKENDS = ("faiss", "sklearn")
@@ -55,7 +53,7 @@ def cluster_once(path: str, components_path: str, k: int, backend: str, seed: in
         "backend": result.backend, "seconds": seconds, "n_init": KMEANS_RESTARTS,
         "cluster_accuracy": metrics["cluster_accuracy"], "nmi": metrics["nmi"],
         "mean_confidence": float(result.confidence.mean()),
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024),
+        "peak_rss_bytes": peak_rss_bytes(),
         "peak_anon_extra_bytes": extra,
     }
 
@@ -114,8 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {r['n']:,} | {r['dim']} | {r['k']} | {r['backend']} | {r['seconds']:.1f} | "
               f"{r['peak_rss_bytes'] / 2**20:.0f} | {anon} | {r['cluster_accuracy']:.2%} | {r['nmi']:.3f} |")
     if args.out:
-        args.out.write_text(json.dumps({"environment": describe(), "args": {k: str(v) for k, v in vars(args).items()},
-                                        "results": results}, indent=2) + "\n")
+        write_results(args.out, args, results)
         print(f"\nwrote {args.out}")
 
 
