@@ -73,7 +73,8 @@ def test_throughput_reports_flops_and_mfu(fmnist_small, tmp_path, capsys) -> Non
     path, _ = fmnist_small
     out = tmp_path / "t.json"
     load("throughput").main(["--data", str(path), "--backbones", "seed_cnn", "--variants", "fp32,fp32+cl",
-                             "--steps", "1", "--repeats", "1", "--batch-size", "16", "--out", str(out)])
+                             "--steps", "1", "--repeats", "1", "--batch-size", "16", "--peak-sizes", "512",
+                             "--out", str(out)])
     assert "| seed_cnn | fp32+cl |" in capsys.readouterr().out
     rows = json.loads(out.read_text())["results"]
     assert {r["variant"] for r in rows} == {"fp32", "fp32+cl"}
