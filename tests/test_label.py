@@ -13,6 +13,7 @@ from contrastkit.cli import main
 from contrastkit.errors import ConfigError, DataError
 from contrastkit import label as label_module
 from contrastkit.label import (
+    SEED_MODELS,
     assign_in_chunks,
     centroid_margin,
     cluster_accuracy,
@@ -133,6 +134,24 @@ def test_too_many_clusters_is_a_config_error_with_the_numbers():
         label_clusters(x, 2, backend="gpu")
 
 
+def test_scan_through_label_clusters_and_its_errors():
+    from contrastkit.scan import ScanConfig
+
+    x, y = blobs(per_class=30, classes=3)
+    cfg = ScanConfig(heads=4, epochs=1, min_steps=300, batch_size=45, lr=1e-2, selflabel_epochs=3)
+    r = label_clusters(x, 3, algorithm="scan", scan_config=cfg, neighbors=5)
+    assert r.algorithm == "scan" and r.scan.config["neighbours"] == 5  # --neighbors overrides SCAN's 20
+    assert cluster_metrics(y, r.clusters)["cluster_accuracy"] > 0.95
+    np.testing.assert_array_equal(r.confidence, r.scan.proba.max(1))  # the head's max probability
+    assert r.centroids.shape == (3, 8)
+    with pytest.raises(ConfigError, match=r"--clusters 91 is larger than the number of items \(90\)"):
+        label_clusters(x, 91, algorithm="scan")
+    with pytest.raises(ConfigError, match="--clusters must be >= 2"):
+        label_clusters(x, 1, algorithm="scan")
+    with pytest.raises(ConfigError, match="--neighbors must be >= 1"):
+        label_clusters(x, 3, algorithm="scan", neighbors=0)
+
+
 def test_bad_cluster_options_fail_before_reading_or_embedding(tmp_path):
     (tmp_path / "config.json").write_text("{}")  # a run folder: a valid call would embed first
     with pytest.raises(ConfigError, match="--clusters must be >= 2, got 1"):
@@ -145,7 +164,7 @@ def test_bad_cluster_options_fail_before_reading_or_embedding(tmp_path):
 
 
 @pytest.mark.parametrize("per_class", [2, 5])
-@pytest.mark.parametrize("model", ["knn", "propagation", "linear"])
+@pytest.mark.parametrize("model", ["knn", "propagation", "linear", "poisson"])
 def test_each_seed_model_labels_blobs_from_few_seeds(model, per_class):
     x, y = blobs()
     idx = seeds_of(y, per_class)
@@ -192,10 +211,10 @@ def test_propagation_never_predicts_a_class_without_seeds():
     assert (proba[:, 0] == 0).all() and np.allclose(proba.sum(1), 1.0)
     assert (proba[y == 0].argmax(1) != 0).all()
     r = label_from_seeds(x, seeds_of(y, 1), y[seeds_of(y, 1)])  # 1 seed per class: no model can be right in CV
-    assert r.model == "knn" and set(r.cv_accuracy.values()) == {0.0}
+    assert r.model == SEED_MODELS[0] == "poisson" and set(r.cv_accuracy.values()) == {0.0}  # the tie goes first
 
 
-@pytest.mark.parametrize("model", ["knn", "propagation"])
+@pytest.mark.parametrize("model", ["knn", "propagation", "poisson"])
 def test_seed_confidence_is_lowest_between_blobs(model):
     x, y = blobs(per_class=40, classes=3, spread=0.1)
     e = np.eye(8, dtype=np.float32)
@@ -213,7 +232,7 @@ def test_one_seed_per_class_labels_everything():
     r = label_from_seeds(x, idx, y[idx])
     rest = np.setdiff1d(np.arange(len(y)), idx)
     assert (r.labels[rest] == y[rest]).mean() > 0.9
-    assert set(r.cv_accuracy) == {"knn", "propagation", "linear"}
+    assert set(r.cv_accuracy) == {"knn", "propagation", "linear", "poisson"}
 
 
 def clumps(seed: int = 0):
@@ -334,6 +353,20 @@ def test_cli_clusters_writes_labels_metrics_and_montages(tiny_run, capsys):
     assert img.mode == "L"
 
 
+def test_cli_scan_with_over_clustering(tiny_run, tmp_path, capsys):
+    out_dir = tmp_path / "scan"
+    assert main(["label", str(tiny_run), "--clusters", "15", "--algorithm", "scan", "--quiet", "--no-montage",
+                 "--out", str(out_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "15 clusters (scan)" in out and "SCAN: head" in out and "train rows (600)" in out
+    m = json.loads((out_dir / "label_metrics.json").read_text())
+    assert m["algorithm"] == "scan" and m["neighbors"] == 20 and len(m["scan"]["head_losses"]) == 50
+    assert len(m["cluster_sizes"]) == 15 and sum(m["cluster_sizes"]) == 800
+    assert set(m["ground_truth_by_split"]) == {"train", "test"} and 0.2 < m["ground_truth"]["cluster_accuracy"] <= 1
+    rows = list(csv.DictReader(open(out_dir / "labels.csv")))
+    assert all(1 / 15 - 1e-4 <= float(r["confidence"]) <= 1.0 for r in rows)  # a max over 15 probabilities
+
+
 def test_cli_seed_labels_with_review(tiny_run, fmnist_small, tmp_path, capsys):
     _, data = fmnist_small
     names = data.train.class_names
@@ -353,9 +386,10 @@ def test_cli_seed_labels_with_review(tiny_run, fmnist_small, tmp_path, capsys):
     rows = list(csv.DictReader(open(out_dir / "labels.csv")))
     assert len(rows) == 800 and {r["label"] for r in rows} <= set(names)
     m = json.loads((out_dir / "label_metrics.json").read_text())
-    assert m["mode"] == "seeds" and m["n_seeds"] == 30 and m["model"] in ("knn", "propagation", "linear")
+    assert m["mode"] == "seeds" and m["n_seeds"] == 30 and m["model"] in SEED_MODELS
     assert m["held_out_accuracy"] == m["cv_accuracy"][m["model"]]
     assert m["ground_truth"]["n_non_seed_labelled"] == 770
+    assert {s: t["n_non_seed_labelled"] for s, t in m["ground_truth_by_split"].items()} == {"train": 570, "test": 200}
     assert 0.3 < m["ground_truth"]["accuracy_non_seed"] <= 1.0
     confidences = sorted(float(r["confidence"]) for r in rows)
     printed = [float(line.split()[1]) for line in review]

@@ -773,7 +773,7 @@ def search_run(
             raise DataError(f"query {q}: item index out of range 0..{n - 1} ({n} items in {run_dir / 'items.csv'})")
     get_images = None
     if montage is not None:
-        from contrastkit.label import run_images
+        from contrastkit.montage import run_images
 
         get_images, why = run_images(run_dir, emb.sources)
         if get_images is None:
@@ -816,7 +816,7 @@ def write_search_montage(path: str | Path, get_images: Any, parsed: list[tuple[s
         parsed: the queries, from :func:`parse_queries`.
         ids: (Q, k) result rows from :func:`search`.
     """
-    from contrastkit.label import montage_image
+    from contrastkit.montage import montage_image
 
     rows = []
     for (t, q), row in zip(parsed, ids):

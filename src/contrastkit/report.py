@@ -124,7 +124,8 @@ def cluster_montages(run_dir: Path, emb: Any, get_images: Any, seed: int = 0) ->
     clusters as classes, else 10) runs in memory. A caption is the group's
     auto-label, plus its most common known class and that class's share.
     """
-    from contrastkit.label import LABELS_FILE, label_clusters, montage_image, montage_members
+    from contrastkit.label import LABELS_FILE, label_clusters
+    from contrastkit.montage import montage_image, montage_members
     from contrastkit.visualize import read_label_groups
 
     labels_csv = run_dir / LABELS_FILE
@@ -180,7 +181,7 @@ def build_report(run_dir: str | Path, *, seed: int = 0, max_points: int = 5000, 
     """The HTML text of a run's report (evaluates and embeds first when needed)."""
     from contrastkit import __version__
     from contrastkit.evaluation import METRICS_FILE, evaluate_run
-    from contrastkit.label import run_images
+    from contrastkit.montage import run_images
     from contrastkit.visualize import confusion_matrix_figure, ensure_embeddings, render_figures
 
     run_dir = Path(run_dir)

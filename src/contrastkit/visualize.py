@@ -212,7 +212,7 @@ def neighbour_grid(get_images: Callable[[torch.Tensor], np.ndarray], queries: np
         queries: (Q,) query rows.
         neighbours: (Q, k) neighbour rows.
     """
-    from contrastkit.label import montage_image
+    from contrastkit.montage import montage_image
 
     rows = np.concatenate([queries[:, None], neighbours], axis=1)  # (Q, k + 1)
     images = np.asarray(get_images(torch.from_numpy(rows.reshape(-1).astype(np.int64))))
@@ -422,7 +422,8 @@ def render_figures(
     Returns:
         ({figure: PNG bytes}, {figure: why it was skipped}).
     """
-    from contrastkit.label import LABELS_FILE, run_images
+    from contrastkit.label import LABELS_FILE
+    from contrastkit.montage import run_images
 
     run_dir = Path(run_dir)
     names = parse_what(what)
