@@ -322,10 +322,12 @@ def test_one_step_on_two_processes_equals_one_process_with_the_global_batch(two_
             assert got["loss"] == pytest.approx(want["loss"], rel=1e-5, abs=1e-6), r
         assert got["grads"].keys() == want["grads"].keys()
         # Relative to the largest gradient of the model: some gradients are 0 in exact arithmetic (a bias
-        # before Barlow Twins' batch centring) and only rounding noise in floating point.
+        # before Barlow Twins' batch centring) and only rounding noise in floating point. On AVX-512 CPUs the
+        # noise of a few small gradients (VICReg's and NNCLR's last predictor bias) reaches 1.7e-5 x that scale
+        # and varies from run to run (the kernels' reduction order); a wrong reduction is off by the gradient itself.
         scale = max(float(g.abs().max()) for g in want["grads"].values())
         for k, g in want["grads"].items():
-            torch.testing.assert_close(got["grads"][k], g, rtol=1e-5, atol=1e-5 * scale, msg=lambda m: f"rank {r} {k}: {m}")
+            torch.testing.assert_close(got["grads"][k], g, rtol=1e-5, atol=5e-5 * scale, msg=lambda m: f"rank {r} {k}: {m}")
         assert got["buffers"].keys() == want["buffers"].keys()
         for k, b in want["buffers"].items():
             torch.testing.assert_close(got["buffers"][k], b, rtol=1e-5, atol=1e-6, msg=lambda m: f"rank {r} {k}: {m}")
