@@ -23,6 +23,7 @@ from contrastkit.augment import (
     adjust_saturation_,
     channel_stats,
     default_recipe,
+    erase_,
     gaussian_blur,
     resized_crop,
     sample_params,
@@ -365,6 +366,43 @@ def test_solarize_threshold_and_choice() -> None:
 # ---------------------------------------------------------------- evaluation transform and stats
 
 
+def test_erase_sets_exactly_the_pixels_whose_centres_fall_in_the_box() -> None:
+    """Box (0.25, 0.5)-(0.75, 1.0) of an 8 px view: columns 2-5, rows 4-7 (centres 2.5/8 ... 5.5/8) take the fill."""
+    x = torch.rand(2, 3, 8, 8, generator=gen(1))
+    before = x.clone()
+    box = torch.tensor([[0.25, 0.5, 0.75, 1.0], [0.0, 0.0, 1.0, 1.0]])
+    erase_(x, torch.tensor([True, False]), box, fill=(0.1, 0.2, 0.3))
+    expect = before.clone()
+    expect[0, :, 4:8, 2:6] = torch.tensor([0.1, 0.2, 0.3]).view(3, 1, 1)
+    assert torch.equal(x, expect)  # the second view is not chosen: unchanged although its box is everything
+
+
+def test_erasing_area_probability_and_normalised_fill() -> None:
+    """Erased area fractions follow erase_scale (up to pixel rounding), p is respected, the fill normalises to 0."""
+    cfg = AugmentConfig(size=32, **{**OFF, "erase_p": 0.5, "erase_scale": (0.1, 0.2), "erase_ratio": (0.5, 2.0)})
+    mean, std = [0.3], [0.2]
+    x = torch.full((4000, 1, 32, 32), 255, dtype=torch.uint8)
+    v = ViewAugment(cfg, mean, std)(x, gen(2))
+    erased = (v == 0).float().mean((1, 2, 3))  # (B,) the share of pixels at the normalised mean
+    chosen = erased > 0
+    assert abs(float(chosen.float().mean()) - 0.5) < 0.03
+    assert float(erased[chosen].min()) > 0.06 and float(erased[chosen].max()) < 0.26
+    assert abs(float(erased[chosen].mean()) - 0.15) < 0.01
+    assert torch.equal(v[~chosen], torch.full_like(v[~chosen], (1 - 0.3) / 0.2))
+
+
+def test_erasing_off_keeps_the_random_stream() -> None:
+    """Recipes without erasing draw exactly what they drew before erasing existed (one (B, 14) draw)."""
+    cfg = default_recipe(1, 28)
+    p = sample_params(cfg, 16, 28, 28, gen(3))
+    g = gen(3)
+    u = torch.rand((16, 14), generator=g)
+    assert p.erase is None and p.erase_box is None
+    assert torch.equal(p.flip, u[:, 4] < cfg.flip_p)
+    on = sample_params(dataclasses.replace(cfg, erase_p=1.0), 16, 28, 28, gen(3))
+    assert torch.equal(on.crop_w, p.crop_w) and on.erase.all() and on.erase_box.shape == (16, 4)
+
+
 def test_to_float_without_size_is_normalised_input() -> None:
     mean, std = stats(3)
     x = images(2, 3, 5, 6)
@@ -452,6 +490,9 @@ def test_config_survives_json() -> None:
         ("contrast", math.inf, "contrast"),
         ("saturation", "0.4", "saturation"),
         ("hue", 0.6, r"hue must be in \[0, 0.5\]"),
+        ("erase_p", 1.5, r"erase_p must be in \[0, 1\]"),
+        ("erase_scale", (0.0, 0.2), r"erase_scale.*0 < lo <= hi <= 1"),
+        ("erase_ratio", (3.0, 0.3), "erase_ratio"),
     ],
 )
 def test_config_validation(field: str, value: object, expect: str) -> None:

@@ -61,3 +61,15 @@ def test_default_learning_rates_follow_the_documented_rules():
 def test_every_field_has_help():
     for f in dataclasses.fields(TrainConfig):
         assert f.metadata.get("help"), f.name
+
+
+def test_backbone_width_sets_small_cnn_channels_and_is_refused_elsewhere():
+    from contrastkit.methods import build_method
+
+    method = build_method(TrainConfig(backbone_width=48), in_channels=1)
+    assert method.backbone.embed_dim == 384 and method.backbone.stem[0].out_channels == 48
+    assert build_method(TrainConfig(), in_channels=1).backbone.embed_dim == 256
+    with pytest.raises(ConfigError, match="--backbone-width applies to small_cnn only"):
+        TrainConfig(backbone="resnet18", backbone_width=48)
+    with pytest.raises(ConfigError, match="--backbone-width must be > 0"):
+        TrainConfig(backbone_width=0)

@@ -16,7 +16,10 @@ The pipeline follows SimCLR (arXiv:2002.05709, Appendix A) in a fixed order:
 3. random grayscale (RGB only),
 4. Gaussian blur (SimCLR's ImageNet recipe),
 5. solarize (BYOL, arXiv:2006.07733, Table 6),
-6. normalisation with per-channel mean and std.
+6. random erasing (Zhong et al. 2020, arXiv:1708.04896; torchvision's
+   ``RandomErasing`` after ``Normalize`` with ``value=0``): a rectangle of
+   the view is set to the channel mean,
+7. normalisation with per-channel mean and std.
 
 Saturation, hue and grayscale need RGB and are applied only when ``C == 3``;
 brightness, contrast, blur and solarize work for any channel count.
@@ -70,6 +73,9 @@ class AugmentConfig:
         blur_sigma: range of the blur's standard deviation, in output pixels.
         solarize_p: probability of solarizing.
         solarize_threshold: pixels >= this value (in [0, 1]) are inverted.
+        erase_p: probability of random erasing (0 = off).
+        erase_scale: range of the erased rectangle's area, as a fraction of the view.
+        erase_ratio: range of its width / height, sampled log-uniformly.
     """
 
     size: int
@@ -86,12 +92,15 @@ class AugmentConfig:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     solarize_p: float = 0.0
     solarize_threshold: float = 0.5
+    erase_p: float = 0.0
+    erase_scale: tuple[float, float] = (0.02, 0.33)  # torchvision RandomErasing's defaults
+    erase_ratio: tuple[float, float] = (0.3, 3.3)
 
     def __post_init__(self) -> None:
         if not _is_int(self.size) or self.size < 1:
             raise ConfigError(f"augment.size must be an integer >= 1 (pixels), got {self.size!r}")
         object.__setattr__(self, "size", int(self.size))
-        for name in ("crop_scale", "crop_ratio", "blur_sigma"):
+        for name in ("crop_scale", "crop_ratio", "blur_sigma", "erase_scale", "erase_ratio"):
             value = getattr(self, name)
             try:
                 pair = tuple(float(v) for v in value)
@@ -116,15 +125,25 @@ class AugmentConfig:
             raise ConfigError(
                 f"augment.blur_sigma must satisfy 0 < lo <= hi (pixels), got {self.blur_sigma}"
             )
+        lo, hi = self.erase_scale
+        if not 0 < lo <= hi <= 1:
+            raise ConfigError(
+                f"augment.erase_scale must satisfy 0 < lo <= hi <= 1 (area fraction), got {self.erase_scale}"
+            )
+        lo, hi = self.erase_ratio
+        if not (0 < lo <= hi and math.isfinite(hi)):
+            raise ConfigError(
+                f"augment.erase_ratio must satisfy 0 < lo <= hi (width / height), got {self.erase_ratio}"
+            )
         for name in (
             "flip_p", "jitter_p", "brightness", "contrast", "saturation", "hue",
-            "grayscale_p", "blur_p", "solarize_p", "solarize_threshold",
+            "grayscale_p", "blur_p", "solarize_p", "solarize_threshold", "erase_p",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise ConfigError(f"augment.{name} must be a number, got {value!r}")
             object.__setattr__(self, name, float(value))
-        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p", "solarize_threshold"):
+        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p", "solarize_threshold", "erase_p"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ConfigError(f"augment.{name} must be in [0, 1], got {value!r}")
@@ -242,6 +261,8 @@ class ViewParams:
         blur: whether the view is blurred.
         blur_sigma: blur standard deviation in output pixels (drawn for all samples).
         solarize: whether the view is solarized.
+        erase: whether a rectangle of the view is erased; None when erasing is off.
+        erase_box: (B, 4) the rectangle (x0, y0, x1, y1) as fractions of the view's side; None when off.
     """
 
     crop_w: torch.Tensor
@@ -257,6 +278,8 @@ class ViewParams:
     blur: torch.Tensor
     blur_sigma: torch.Tensor
     solarize: torch.Tensor
+    erase: torch.Tensor | None = None
+    erase_box: torch.Tensor | None = None
 
 
 def _uniform(u: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
@@ -313,6 +336,9 @@ def sample_params(
 
     jitter = u[:, _JITTER] < cfg.jitter_p
     ones = torch.ones_like(area)
+    erase = erase_box = None
+    if cfg.erase_p > 0:  # drawn only when on, so recipes without erasing keep their random stream
+        erase, erase_box = _erase_params(cfg, torch.rand((batch, 5), generator=generator, device=device))
 
     def factor(col: int, strength: float) -> torch.Tensor:
         return torch.where(jitter, _uniform(u[:, col], max(0.0, 1 - strength), 1 + strength), ones)
@@ -331,7 +357,45 @@ def sample_params(
         blur=u[:, _BLUR] < cfg.blur_p,
         blur_sigma=_uniform(u[:, _SIGMA], *cfg.blur_sigma),
         solarize=u[:, _SOLAR] < cfg.solarize_p,
+        erase=erase,
+        erase_box=erase_box,
     )
+
+
+def _erase_params(cfg: AugmentConfig, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(erase (B,) bool, box (B, 4)) of random erasing from uniform draws ``u`` (B, 5) on a square view.
+
+    Area fraction uniform in ``erase_scale``, log(width / height) uniform in
+    log(``erase_ratio``), sides clamped to the view, position uniform over
+    the places that keep the rectangle inside (torchvision's ``RandomErasing``
+    without its rejection loop, in continuous coordinates).
+    """
+    area = _uniform(u[:, 0], *cfg.erase_scale)
+    ratio = torch.exp(_uniform(u[:, 1], math.log(cfg.erase_ratio[0]), math.log(cfg.erase_ratio[1])))
+    w = torch.sqrt(area * ratio).clamp(max=1.0)
+    h = (area / w).clamp(max=1.0)
+    x0 = u[:, 2] * (1 - w)
+    y0 = u[:, 3] * (1 - h)
+    erase = u[:, 4] < cfg.erase_p
+    return erase, torch.stack([x0, y0, x0 + w, y0 + h], dim=1)
+
+
+def erase_(x: torch.Tensor, erase: torch.Tensor, box: torch.Tensor, fill: Sequence[float]) -> torch.Tensor:
+    """Set the pixels whose centres fall in ``box`` (fractions of the side) to ``fill`` per channel, in place.
+
+    Args:
+        x: float (B, C, S, S) views in [0, 1].
+        erase: (B,) bool, which views are erased.
+        box: (B, 4) rectangles (x0, y0, x1, y1) in [0, 1].
+        fill: per-channel value (the channel mean: 0 after normalisation).
+    """
+    size = x.shape[-1]
+    centres = (torch.arange(size, device=x.device, dtype=x.dtype) + 0.5) / size  # (S,)
+    in_x = (centres[None] >= box[:, 0:1]) & (centres[None] < box[:, 2:3])  # (B, S)
+    in_y = (centres[None] >= box[:, 1:2]) & (centres[None] < box[:, 3:4])  # (B, S)
+    mask = (in_y[:, :, None] & in_x[:, None, :] & erase[:, None, None])[:, None]  # (B, 1, S, S)
+    value = torch.tensor(list(fill), device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    return torch.where(mask, value, x, out=x)
 
 
 def _resample_matrix(
@@ -620,6 +684,8 @@ class ViewAugment:
             torch.where(_per_sample(params.blur), blurred, x, out=x)
         if cfg.solarize_p > 0:
             solarize_(x, params.solarize, cfg.solarize_threshold)
+        if cfg.erase_p > 0 and params.erase is not None:
+            erase_(x, params.erase, params.erase_box, self.mean)
         return x
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

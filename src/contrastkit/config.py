@@ -51,6 +51,7 @@ class TrainConfig:
     # --- model ---
     method: str = _field("simclr", "training method: simclr (NT-Xent), pairwise (margin contrastive loss), supcon (needs labels), supervised (baseline, needs labels), barlowtwins (cross-correlation to identity), vicreg (variance-invariance-covariance), simsiam (predictor + stop-gradient), byol (predictor + EMA target), moco (MoCo v2: momentum key encoder + queue of negatives), nnclr (nearest neighbour from a support queue as positive), dino (self-distillation to an EMA teacher with centring, sharpening and multi-crop)")
     backbone: str = _field("small_cnn", "encoder network: small_cnn (fast, for 28-32 px), seed_cnn, resnet18, resnet34, resnet50")
+    backbone_width: int | None = _field(None, "small_cnn: channels of its stem (> 0); the embedding has 8 x this many dims and a step costs about (width / 32)^2 as much. Omitted = 32 (256 dims); other backbones refuse it")
     proj_hidden_dim: int = _field(512, "hidden width of the projection MLP (dino: of its head's 3-layer MLP; paper 2048)")
     proj_dim: int = _field(128, "output dimension of the projection MLP (SimCLR: 128); barlowtwins and vicreg gain from wider projections (papers: 8192), try 1024-2048; dino: the L2-normalised bottleneck before the prototypes (paper 256)")
     pred_hidden_dim: int = _field(512, "hidden width of the predictor MLP of byol, simsiam and nnclr (input and output are --proj-dim); BYOL uses 4096 for 256-d projections, SimSiam a bottleneck of 512 for 2048-d")
@@ -149,6 +150,10 @@ class TrainConfig:
             raise ConfigError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"--workers must be >= 0 (0 = decode in the training process), got {self.workers}")
+        if self.backbone_width is not None:
+            _check_positive("backbone_width", self.backbone_width)
+            if self.backbone != "small_cnn":
+                raise ConfigError(f"--backbone-width applies to small_cnn only, not to --backbone {self.backbone}")
         if self.patience < 0:
             raise ConfigError(f"--patience must be >= 0 (0 = never stop early), got {self.patience}")
 

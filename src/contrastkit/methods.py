@@ -528,7 +528,7 @@ def build_method(config: TrainConfig, in_channels: int, num_classes: int = 0) ->
     if config.method not in METHODS:
         raise ConfigError(f"--method {config.method!r} is not one of {', '.join(METHODS)}")
     torch.manual_seed(config.seed)  # same seed, same initial weights
-    backbone = build_backbone(config.backbone, in_channels)
+    backbone = build_backbone(config.backbone, in_channels, config.backbone_width)
     if config.method == "supervised":
         return Supervised(backbone, config, num_classes)
     return METHODS[config.method](backbone, config)

@@ -389,12 +389,14 @@ BACKBONES: dict[str, Callable[[int], nn.Module]] = {
 }
 
 
-def build_backbone(name: str, in_channels: int) -> nn.Module:
+def build_backbone(name: str, in_channels: int, width: int | None = None) -> nn.Module:
     """Build a registered backbone with its default settings.
 
     Args:
         name: a key of :data:`BACKBONES`.
         in_channels: number of image channels (1 for grey, 3 for RGB).
+        width: ``small_cnn``'s stem width (None = its default, 32); other
+            backbones take none.
 
     Returns:
         The backbone, with an ``embed_dim`` attribute, on the CPU in fp32.
@@ -407,4 +409,8 @@ def build_backbone(name: str, in_channels: int) -> nn.Module:
         raise ConfigError(
             f"unknown backbone {name!r}; valid names: {', '.join(sorted(BACKBONES))}"
         )
-    return BACKBONES[name](in_channels)
+    if width is None:
+        return BACKBONES[name](in_channels)
+    if name != "small_cnn":
+        raise ConfigError(f"a width applies to small_cnn only, not to {name}")
+    return SmallCNN(in_channels, width=width)
