@@ -132,3 +132,42 @@ def test_resume_refuses_changed_options(trained_run, capsys):
     # how the run executes may change on resume
     assert main(["train", "--out", str(trained_run), "--resume", "--quiet", "--workers", "1", "--device", "cpu",
                  "--checkpoint-minutes", "1"]) == 0
+
+
+def test_the_parser_is_the_table_of_commands():
+    """build_parser adds every command of the registry, in its order, with the module's help and description."""
+    import argparse
+
+    from contrastkit.cli import build_parser
+    from contrastkit.commands import COMMANDS
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == [c.NAME for c in COMMANDS] == [
+        "train", "embed", "evaluate", "label", "index", "search", "visualize", "report"]
+    for command in COMMANDS:
+        assert sub.choices[command.NAME].description == command.DESCRIPTION
+        assert sub.choices[command.NAME].formatter_class is command.FORMATTER
+    assert [a.help for a in sub._choices_actions] == [c.HELP for c in COMMANDS]
+
+
+def test_undecodable_file_names_print_as_escapes(monkeypatch, capsys):
+    """A name with bytes invalid in the file system encoding (os.fsdecode(b"run-\\xff") == "run-\\udcff" on UTF-8)
+    is printed backslash-escaped, in a summary line and in the one-line error, instead of raising UnicodeEncodeError."""
+    from contrastkit.commands import report
+    from contrastkit.errors import DataError
+
+    name = "run-\udcff"
+
+    def prints_the_name(args) -> int:
+        print(f"wrote {name}")
+        return 0
+
+    def fails_on_the_name(args) -> int:
+        raise DataError(f"{name}: cannot read")
+
+    monkeypatch.setattr(report, "run", prints_the_name)
+    assert main(["report", "x"]) == 0
+    assert capsys.readouterr().out == "wrote run-\\udcff\n"
+    monkeypatch.setattr(report, "run", fails_on_the_name)
+    assert main(["report", "x"]) == 2
+    assert capsys.readouterr().err == "contrastkit report: error: run-\\udcff: cannot read\n"
