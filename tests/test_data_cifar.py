@@ -225,6 +225,20 @@ def test_archive_extract_to_a_cache_folder(tmp_path: Path) -> None:
     assert not [p for p in cache.rglob("*.part")]
 
 
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_extracted_files_get_the_mode_of_a_plain_open(tmp_path: Path, umask: int, mode: int) -> None:
+    src = tmp_path / "src"
+    write_cifar10(src / "cifar-10-batches-py", n_per_batch=2)
+    archive = make_archive(src, "cifar-10-batches-py", tmp_path / "cifar-10-python.tar.gz")
+    before = os.umask(umask)
+    try:
+        extract_archive(archive, tmp_path / "out")
+    finally:
+        os.umask(before)
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert files and {p.stat().st_mode & 0o777 for p in files} == {mode}  # not mkstemp's 0600 whatever the umask
+
+
 def _tar_with(archive: Path, members: list[tarfile.TarInfo], payload: bytes = b"x") -> None:
     with tarfile.open(archive, "w:gz") as tar:
         for m in members:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import os
 import socket
 import threading
 import time
@@ -92,6 +93,17 @@ def test_download_verifies_and_moves_into_place(server: Server, tmp_path: Path) 
     assert dest.read_bytes() == content
     assert sorted(p.name for p in dest.parent.iterdir()) == ["file.bin"]  # no temporary file left
     assert server.hits == ["/file.bin"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_a_downloaded_file_gets_the_mode_of_a_plain_open(server: Server, tmp_path: Path, umask: int, mode: int) -> None:
+    sha, _ = _serve(server, "file.bin", b"data" * 100)
+    before = os.umask(umask)
+    try:
+        dest = download(server.url + "file.bin", tmp_path / "cache" / "file.bin", sha, progress=False)
+    finally:
+        os.umask(before)
+    assert dest.stat().st_mode & 0o777 == mode  # not mkstemp's 0600 whatever the umask
 
 
 def test_progress_bar_goes_to_stderr(server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

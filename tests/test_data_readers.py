@@ -7,7 +7,10 @@ header, numpy archives, images saved by Pillow) and reads them back.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
+import os
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -16,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from contrastkit.data.dataset import DataSplits
 from contrastkit.data.folder import LazyFolderImages, load_folder, load_image_file
@@ -56,6 +60,13 @@ def save_png(path: Path, arr: np.ndarray, mode: str | None = None) -> Path:
     im = Image.fromarray(arr) if mode is None else Image.fromarray(arr).convert(mode)
     im.save(path)
     return path
+
+
+def named(name: str) -> PngInfo:
+    """A PNG text chunk holding ``name``: files of the same pixels that are not byte-identical copies."""
+    info = PngInfo()
+    info.add_text("name", name)
+    return info
 
 
 def gray(value: int, h: int = 4, w: int = 4) -> np.ndarray:
@@ -385,9 +396,9 @@ def test_palette_images(tmp_path: Path) -> None:
     colour[:2] = (10, 200, 30)
     colour[2:] = (250, 5, 60)
     p_colour = tmp_path / "colour"
-    for name in ("p.png", "q.png"):
+    for name in ("p.png", "q.png"):  # the same pixels; a text chunk with the name keeps the files apart
         save_png(p_colour / name, colour)
-        Image.open(p_colour / name).convert("P", palette=Image.Palette.ADAPTIVE).save(p_colour / name)
+        Image.open(p_colour / name).convert("P", palette=Image.Palette.ADAPTIVE).save(p_colour / name, pnginfo=named(name))
     assert Image.open(p_colour / "p.png").mode == "P"
     s = load_folder(p_colour)
     assert s.train.images.shape[1:] == (3, 4, 4)
@@ -398,7 +409,7 @@ def test_palette_images(tmp_path: Path) -> None:
     g = np.array([[0, 50], [100, 250]], np.uint8)
     p_gray.mkdir()
     for name in ("a.png", "b.png"):
-        Image.fromarray(g).convert("P").save(p_gray / name)  # L -> P keeps a grey palette
+        Image.fromarray(g).convert("P").save(p_gray / name, pnginfo=named(name))  # L -> P keeps a grey palette
     assert Image.open(p_gray / "a.png").mode == "P"
     s = load_folder(p_gray)
     assert s.train.images.shape[1] == 1  # grey palette -> 1 channel
@@ -519,6 +530,94 @@ def test_skip_bad_with_too_few_good_images(tmp_path: Path) -> None:
         load_folder(root, skip_bad=True)
     with pytest.raises(DataError, match="pass --skip-bad"):
         load_folder(root)
+
+
+def test_dangling_and_looping_symbolic_links_are_listed_and_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "links"
+    for cls in ("a", "b"):
+        for i in range(3):
+            save_png(root / cls / f"{i}.png", gray(10 * i + (cls == "b")))
+    (root / "a" / "gone.png").symlink_to("deleted.png")
+    (root / "b" / "deep").mkdir()
+    (root / "b" / "deep" / "gone.jpg").symlink_to(tmp_path / "elsewhere" / "x.jpg")
+    (root / "b" / "loop.png").symlink_to("loop.png")
+    with pytest.raises(DataError) as err:
+        load_folder(root)
+    msg = str(err.value)
+    assert msg.startswith(f"{root.resolve()}: 3 of 9 image files cannot be read: ") and "--skip-bad" in msg
+    assert "a/gone.png (dangling symbolic link: its target deleted.png does not exist)" in msg
+    assert f"b/deep/gone.jpg (dangling symbolic link: its target {tmp_path / 'elsewhere' / 'x.jpg'} does not exist)" in msg
+    assert "b/loop.png (symbolic link loop through loop.png)" in msg
+    s = load_folder(root, skip_bad=True)
+    assert sorted(s.train.sources + s.test.sources) == [f"{c}/{i}.png" for c in "ab" for i in range(3)]
+    assert s.info == {"skipped": "3"}
+    warning = capsys.readouterr().err
+    assert "skipped 3 of 9 image files that cannot be read (--skip-bad): a/gone.png, b/deep/gone.jpg, b/loop.png" in warning
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_several_names_for_one_file_are_read_once(
+    tmp_path: Path, lazy: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "dups"
+    for cls in ("a", "b"):
+        for i in range(10):
+            save_png(root / cls / f"{i}.png", gray(20 * i + (cls == "b")))
+    (root / "a" / "z-link.png").symlink_to("0.png")
+    os.link(root / "a" / "1.png", root / "a" / "z-hard.png")
+    shutil.copyfile(root / "b" / "2.png", root / "b" / "z-copy.png")
+    (root / "b" / "z-from-a.png").symlink_to(root / "a" / "3.png")  # one image under two classes: the first is kept
+    os.link(root / "b" / "z-copy.png", root / "b" / "z-hard-copy.png")  # a hard link of a copy
+    s = load_folder(root, max_in_memory_bytes=10 if lazy else 2 << 30)
+    originals = [f"{c}/{i}.png" for c in "ab" for i in range(10)]
+    assert sorted(s.train.sources + s.test.sources) == originals
+    assert s.info == {"merged": "5"}
+    train_files = {_digest(root / src) for src in s.train.sources}
+    test_files = {_digest(root / src) for src in s.test.sources}
+    assert len(train_files) + len(test_files) == 20 and not train_files & test_files  # no image in both splits
+    warning = capsys.readouterr().err.strip().splitlines()
+    assert len(warning) == 1 and "merged 5 of 25 image files that are another file again" in warning[0]
+    for name, kept in (("a/z-hard.png", "a/1.png"), ("a/z-link.png", "a/0.png"), ("b/z-copy.png", "b/2.png"),
+                       ("b/z-from-a.png", "a/3.png"), ("b/z-hard-copy.png", "b/2.png")):
+        assert f"{name} (= {kept})" in warning[0]
+    again = load_folder(root, max_in_memory_bytes=10 if lazy else 2 << 30)
+    assert again.train.sources == s.train.sources and again.test.sources == s.test.sources  # deterministic
+
+
+def test_a_file_in_both_train_and_test_folders_stays_in_train_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "given"
+    for k, split in enumerate(("train", "test")):
+        for cls in ("a", "b"):
+            for i in range(3):
+                save_png(root / split / cls / f"{i}.png", gray(100 * k + 10 * i + (cls == "b")))
+    shutil.copyfile(root / "train" / "a" / "0.png", root / "test" / "b" / "leak.png")
+    (root / "test" / "a" / "link.png").symlink_to(root / "train" / "b" / "1.png")
+    s = load_folder(root)
+    assert "train/a/0.png" in s.train.sources and "train/b/1.png" in s.train.sources
+    assert sorted(s.test.sources) == [f"test/{c}/{i}.png" for c in "ab" for i in range(3)]
+    assert s.info == {"merged": "2"}
+    assert "merged 2 of 14 image files" in capsys.readouterr().err
+
+
+def test_copies_of_a_bad_file_are_each_listed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "bad-copies"
+    for i in range(3):
+        save_png(root / f"ok{i}.png", gray(i))
+    save_png(root / "cut.png", np.random.default_rng(0).integers(0, 256, (4, 4), dtype=np.uint8))
+    (root / "cut.png").write_bytes((root / "cut.png").read_bytes()[:60])  # the header reads, the pixels do not
+    shutil.copyfile(root / "cut.png", root / "cut-copy.png")
+    with pytest.raises(DataError, match=r"2 of 5 image files cannot be read: cut-copy\.png \(.*\), cut\.png"):
+        load_folder(root)
+    s = load_folder(root, skip_bad=True)
+    assert s.info == {"skipped": "2"} and "merged" not in capsys.readouterr().err
 
 
 def test_one_bad_file_is_named_with_its_reason(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from contrastkit.checkpoint import load_checkpoint, load_method
 from contrastkit.config import METHOD_NAMES, TrainConfig
 from contrastkit.errors import ConfigError
 from contrastkit.methods import Method, build_method
+from contrastkit.runlock import run_lock
 from contrastkit.runtime import torch_threads
 from contrastkit.train import _no_buffer_sync, augment_seed
 
@@ -125,6 +126,7 @@ def _worker_fit(out: Path, data_path: str) -> None:
     """``fit`` inside the process group: sync-bn refused, a full run, a run stopped by a NaN, its resume."""
     from contrastkit.data import load_dataset
     from contrastkit.errors import TrainingError
+    from contrastkit.runlock import RunLockedError
     from contrastkit.train import fit
 
     rank = distributed.rank()
@@ -137,6 +139,12 @@ def _worker_fit(out: Path, data_path: str) -> None:
         fit(build_method(sync, 1), data, sync, out / "sync", progress=False)
     except ConfigError as e:
         report["sync_bn_error"] = str(e)
+
+    # Another process (the test) holds the lock of "held": rank 0 is refused, and rank 1 stops with it, not hanging.
+    try:
+        fit(build_method(config, 1), data, config, out / "held", progress=False)
+    except RunLockedError as e:
+        report["locked_error"] = str(e)
 
     # Uninterrupted. Rank 1 is handed another folder: it must write nothing there.
     ref = fit(build_method(config, 1), data, config, out / ("ref" if rank == 0 else "ref-rank1"), progress=False)
@@ -233,7 +241,8 @@ def tiny_npz(fmnist_small, tmp_path_factory) -> Path:
 def workers(tiny_npz, tmp_path_factory) -> Path:
     """The folder where the 2 gloo workers left their results (one launch for the whole module)."""
     out = tmp_path_factory.mktemp("dist")
-    _run_workers(str(out), str(tiny_npz))
+    with run_lock(out / "held"):  # a run folder another command is writing (see _worker_fit)
+        _run_workers(str(out), str(tiny_npz))
     return out
 
 
@@ -334,15 +343,18 @@ def test_one_step_on_two_processes_equals_one_process_with_the_global_batch(two_
 
 
 def test_distributed_fit_writes_on_rank_0_only_stops_together_and_resumes_exactly(workers):
-    """moco on 2 processes: the run folder, a NaN on rank 1 stopping both ranks, and a mid-epoch resume."""
+    """moco on 2 processes: the run folder, one locked by another process, a NaN on rank 1 stopping both ranks,
+    and a mid-epoch resume."""
     out = workers
     reports = [json.loads((out / f"fit-rank{r}.json").read_text()) for r in range(WORLD)]
     for rep in reports:
         assert "--sync-bn needs CUDA GPUs" in rep["sync_bn_error"]
+        assert f"held: in use by another contrastkit command (PID {os.getpid()}, " in rep["locked_error"]
         assert "loss became nan at epoch 2, step 3" in rep["nan_error"]
         assert rep["ref_history"] == reports[0]["ref_history"]  # every rank returns rank 0's history
     ref, cut = out / "ref", out / "cut"
     assert not (out / "ref-rank1").exists() and not (out / "sync").exists()
+    assert sorted(p.name for p in (out / "held").iterdir()) == [".lock"]  # the refused run wrote nothing
     assert TrainConfig.load(ref / "config.json") == TrainConfig(**FIT)
     log = [json.loads(line) for line in (ref / "log.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in log] == [1, 2] and all(line["knn_top1"] is not None for line in log)

@@ -196,6 +196,63 @@ def test_an_exception_while_serialising_removes_the_temp_file(tmp_path: Path) ->
     assert not (tmp_path / "a.txt").exists() and leftovers(tmp_path) == []
 
 
+def _files(method: str) -> Callable[[Path], None]:
+    """A writer through one staging method of AtomicFiles."""
+    def write(path: Path) -> None:
+        with AtomicFiles() as out:
+            if method == "open":
+                with out.open(path) as f:
+                    f.write(b"x")
+            elif method == "save_npy":
+                out.save_npy(path, np.zeros(3, np.float32))
+            else:
+                getattr(out, method)(path, b"x" if method == "write_bytes" else "x")
+    return write
+
+
+def _written_by_atomic_open(path: Path) -> None:
+    with atomic_open(path) as f:
+        f.write(b"x")
+
+
+# Every writer of contrastkit.atomic, and the torch.save-based checkpoint writers that go through it.
+ATOMIC_WRITERS: dict[str, Callable[[Path], None]] = {
+    "atomic_open": _written_by_atomic_open,
+    "atomic_write_bytes": lambda p: atomic_write_bytes(p, b"x"),
+    "atomic_write_text": lambda p: atomic_write_text(p, "x"),
+    "atomic_torch_save": lambda p: atomic.atomic_torch_save(p, {"w": torch.zeros(2)}),
+    "atomic_save_npy": lambda p: atomic.atomic_save_npy(p, np.zeros(3, np.float32)),
+    "AtomicFiles.open": _files("open"),
+    "AtomicFiles.write_bytes": _files("write_bytes"),
+    "AtomicFiles.write_text": _files("write_text"),
+    "AtomicFiles.save_npy": _files("save_npy"),
+    "save_checkpoint": lambda p: _checkpoint(p, 1),
+}
+
+
+@pytest.mark.parametrize("read_from", ["/proc", "os.umask"])
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+@pytest.mark.parametrize("writer", sorted(ATOMIC_WRITERS))
+def test_atomic_writes_get_the_mode_of_a_plain_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writer: str, umask: int, mode: int, read_from: str
+) -> None:
+    if read_from == "os.umask":  # where /proc/self/status is missing: set and restore the umask
+        def no_proc(*args: Any, **kwargs: Any) -> Any:
+            raise OSError(errno.ENOENT, "no /proc here")
+
+        monkeypatch.setattr(atomic, "open", no_proc, raising=False)
+    before = os.umask(umask)
+    try:
+        ATOMIC_WRITERS[writer](tmp_path / "out")
+        with open(tmp_path / "plain", "w"):
+            pass
+        assert os.umask(umask) == umask  # reading it left it as it was
+    finally:
+        os.umask(before)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == mode == (tmp_path / "plain").stat().st_mode & 0o777
+    assert leftovers(tmp_path) == []
+
+
 # ============================================================================ paths in data files
 
 

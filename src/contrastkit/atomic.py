@@ -13,6 +13,11 @@ temporary file is removed, the previous file (if any) is left intact, and a
 embeddings.npy, items.csv and meta.json): every temporary file is written and
 flushed first, and only then are they renamed, so a write error replaces none
 of them.
+
+A temporary file from :func:`tempfile.mkstemp` is private (mode 0600); it is
+given the mode a plain ``open()`` would have given the file, ``0666 & ~umask``
+(:func:`plain_file_mode`), before anything is written, so outputs are as
+readable as any other file the user creates.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import errno
 import io
 import os
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -43,6 +49,46 @@ _PROBLEMS = {
     )
     if code is not None
 }
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the platform allows (Linux: /proc/self/status).
+
+    Elsewhere it is set and restored at once (``os.umask`` is the only way to
+    read it), under a lock so that two threads never interleave the two calls.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def plain_file_mode() -> int:
+    """The permission bits ``open(path, "w")`` gives a new file: ``0o666 & ~umask``."""
+    return 0o666 & ~_umask()
+
+
+def give_plain_mode(fd: int) -> None:
+    """Give the open file ``fd`` (a private temporary file) the mode of a plainly created one.
+
+    A file system without Unix modes (FAT, some network shares) that refuses
+    the change keeps its own; the write still goes through.
+    """
+    if hasattr(os, "fchmod"):
+        try:
+            os.fchmod(fd, plain_file_mode())
+        except OSError:
+            pass
 
 
 def write_error(path: Path, e: OSError) -> ContrastkitError:
@@ -81,9 +127,11 @@ def _temp_for(path: Path) -> tuple[int, str]:
     """(fd, name) of a new temporary file next to ``path`` (its folder is created first)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
         raise write_error(path, e) from e
+    give_plain_mode(fd)  # mkstemp makes it 0600
+    return fd, tmp
 
 
 @contextmanager

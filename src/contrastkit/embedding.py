@@ -2,7 +2,10 @@
 
 ``contrastkit embed RUN`` writes into the run folder (or ``--out``):
 - ``embeddings.npy``: float32 (N, D), train split first, then test split;
-- ``items.csv``: ``index,split,source,label`` (label empty when unknown);
+- ``items.csv``: ``index,split,source,label`` (label empty when unknown; a
+  source that is not valid UTF-8, a file name in another encoding, is
+  written with the reversible escaping of :mod:`contrastkit.sources`, e.g.
+  ``caf\\xe9.png``, and read back to the same item);
 - ``meta.json``: model, checkpoint, data set, dimensions, split sizes, class names.
 Everything downstream (evaluate, label, search, visualize, report) reads
 these files and needs no model.
@@ -32,7 +35,9 @@ from contrastkit.data.dataset import DataSplits, ImageDataset
 from contrastkit.data.streaming import IndexBatches, prefetch, resolve_workers
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.methods import Method
+from contrastkit.runlock import run_lock
 from contrastkit.runtime import Runtime
+from contrastkit.sources import source_from_text, source_to_text
 
 EMBEDDINGS_FILE = "embeddings.npy"
 ITEMS_FILE = "items.csv"
@@ -112,7 +117,7 @@ class Embeddings:
 
     features: np.ndarray  # (N, D) float32
     splits: list[str]  # "train" / "test" per row
-    sources: list[str]
+    sources: list[str]  # as the data set names them (os.fsdecode'd, see contrastkit.sources)
     labels: np.ndarray | None  # (N,) int64, -1 where unknown; None when no row has a label
     meta: dict[str, Any]
 
@@ -159,7 +164,7 @@ def _write_items(f: BinaryIO, data: DataSplits) -> None:
             sources = ds.sources[start : start + ITEM_ROWS]
             labels = ds.labels[start : start + ITEM_ROWS].tolist() if ds.labels is not None else [""] * len(sources)
             for source, label in zip(sources, labels):
-                writer.writerow([i, split_name, source, label])
+                writer.writerow([i, split_name, source_to_text(source), label])
                 i += 1
 
 
@@ -299,7 +304,7 @@ def read_embeddings(folder: Path) -> Embeddings:
     return Embeddings(
         features=features,
         splits=[r["split"] for r in rows],
-        sources=[r["source"] for r in rows],
+        sources=[source_from_text(r["source"]) for r in rows],
         labels=labels if (labels >= 0).any() else None,
         meta=meta,
     )
@@ -370,5 +375,6 @@ def embed_run(
         for features in iter_embeddings(method, split, info, runtime, batch_size, workers=workers)
     )  # train rows, then test rows, one batch at a time
     folder = Path(out_dir) if out_dir is not None else run_dir
-    write_embedding_chunks(folder, data, chunks, method.embed_dim, meta)
-    return read_embeddings(folder)
+    with run_lock(folder):  # one command at a time writes the folder (contrastkit.runlock)
+        write_embedding_chunks(folder, data, chunks, method.embed_dim, meta)
+        return read_embeddings(folder)

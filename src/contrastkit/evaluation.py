@@ -28,6 +28,7 @@ from contrastkit.errors import ConfigError, DataError
 from contrastkit.knn import knn_predict
 from contrastkit.linear_probe import fit_linear_probe
 from contrastkit.methods import build_method
+from contrastkit.runlock import run_lock
 from contrastkit.runtime import Runtime
 from contrastkit.train import fit
 
@@ -181,6 +182,14 @@ def evaluate_run(
     if baseline is not None and baseline not in BASELINE_NAMES:
         raise ConfigError(f"--baseline {baseline!r} is not one of {', '.join(BASELINE_NAMES)}")
     config = run_config(run_dir)
+    with run_lock(run_dir):  # one command at a time writes the folder (contrastkit.runlock)
+        return _evaluate_locked(run_dir, config, data, baseline, progress)
+
+
+def _evaluate_locked(
+    run_dir: Path, config: TrainConfig, data: DataSplits | None, baseline: str | None, progress: bool
+) -> dict[str, Any]:
+    """:func:`evaluate_run` once the options are checked and the run folder is locked."""
     if data is None:
         data = load_dataset(config.data, image_size=config.image_size, skip_bad=config.skip_bad)
     if data.train.labels is None or data.test.labels is None:

@@ -69,6 +69,8 @@ import torch
 
 from contrastkit.atomic import atomic_open, atomic_write_text
 from contrastkit.errors import ConfigError, DataError
+from contrastkit.runlock import run_lock
+from contrastkit.sources import printable, source_to_text
 
 INDEX_FILE = "index.faiss"
 INDEX_INFO_FILE = "index.json"
@@ -622,20 +624,24 @@ def index_run(run_dir: str | Path, kind: str = "auto", **options: Any) -> dict[s
     """Build the index of a run's embeddings (embedding first if needed) and write index.faiss / index.json.
 
     Works on any folder with embeddings.npy and items.csv. ``options`` go to
-    :func:`build_index`. Returns the info written to index.json.
+    :func:`build_index`. Returns the info written to index.json. Holds the
+    folder's lock (:mod:`contrastkit.runlock`) while it works.
     """
     from contrastkit import __version__
 
     run_dir = Path(run_dir)
     _check_options(kind, options.get("target_recall", TARGET_RECALL), options.get("recall_queries", RECALL_QUERIES))
-    emb = _ensure_embeddings(run_dir)
-    index, info = build_index(emb.features, kind, **options)
-    info.update({
-        "embeddings": str(run_dir / "embeddings.npy"),
-        "embeddings_fingerprint": embeddings_fingerprint(emb.features),
-        "faiss": _faiss().__version__, "contrastkit": __version__,
-    })
-    return write_index(run_dir, index, info)
+    if not run_dir.is_dir():
+        raise DataError(f"{run_dir}: no such folder")
+    with run_lock(run_dir):  # one command at a time writes the folder (contrastkit.runlock)
+        emb = _ensure_embeddings(run_dir)
+        index, info = build_index(emb.features, kind, **options)
+        info.update({
+            "embeddings": str(run_dir / "embeddings.npy"),
+            "embeddings_fingerprint": embeddings_fingerprint(emb.features),
+            "faiss": _faiss().__version__, "contrastkit": __version__,
+        })
+        return write_index(run_dir, index, info)
 
 
 # ----------------------------------------------------------------------------- queries
@@ -754,7 +760,9 @@ def search_run(
     Returns:
         ``{"run", "k", "index": index.json's content, "index_note", "queries":
         [{"query", "type", "results": [{"rank", "index", "score", "split",
-        "source", "label", "class_name"}]}]}``; with ``montage``, ``"montage"``.
+        "source", "label", "class_name"}]}]}``, each source as written in
+        items.csv (:func:`contrastkit.sources.source_to_text`: valid UTF-8,
+        printable); with ``montage``, ``"montage"``.
 
     Raises:
         ConfigError: k < 1. DataError: a missing query file, an item index
@@ -796,7 +804,7 @@ def search_run(
             label = None if labels is None or labels[i] < 0 else int(labels[i])
             items.append({
                 "rank": rank, "index": int(i), "score": round(float(s), 6), "split": emb.splits[i],
-                "source": emb.sources[i], "label": label,
+                "source": source_to_text(emb.sources[i]), "label": label,
                 "class_name": names[label] if names and label is not None and label < len(names) else None,
             })
         results.append({"query": q, "type": t, "results": items})
@@ -839,7 +847,7 @@ def format_results(result: dict[str, Any]) -> str:
     lines = []
     info = result["index"]
     for q in result["queries"]:
-        what = f"item {q['query']}" if q["type"] == "item" else str(q["query"])
+        what = f"item {q['query']}" if q["type"] == "item" else printable(str(q["query"]))  # a path may not be UTF-8
         lines.append(f"query {what}: {len(q['results'])} nearest ({info['kind']} index, cosine similarity)")
         lines.append(f"{'rank':>4}  {'index':>7}  {'score':>7}  {'split':<5}  {'label':<16} source")
         for r in q["results"]:

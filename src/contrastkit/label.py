@@ -60,6 +60,7 @@ from contrastkit.montage import (  # noqa: F401  (re-exported: they lived here)
     run_images,
     write_montages,
 )
+from contrastkit.runlock import run_lock
 from contrastkit.seeds import (  # noqa: F401  (re-exported: the few-label API lived here)
     SEED_MODELS,
     SeedResult,
@@ -69,6 +70,7 @@ from contrastkit.seeds import (  # noqa: F401  (re-exported: the few-label API l
     read_seed_labels,
     seed_folds,
 )
+from contrastkit.sources import source_to_text
 
 ALGORITHMS = ("kmeans", "spectral", "scan")
 NEIGHBORS = 10  # default k of the spectral graph and the seed models; SCAN's own is ScanConfig.neighbours (20)
@@ -344,12 +346,15 @@ def write_labels_csv(
     path: Path, sources: list[str], labels: np.ndarray, confidence: np.ndarray, clusters: np.ndarray,
     class_names: list[str] | None = None,
 ) -> None:
-    """``item,source,label,confidence,cluster`` per item (label as class name when names are given), atomically."""
+    """``item,source,label,confidence,cluster`` per item (label as class name when names are given), atomically.
+
+    Sources are written as in items.csv (:func:`contrastkit.sources.source_to_text`).
+    """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["item", "source", "label", "confidence", "cluster"])
     for i, (src, lbl, conf, cl) in enumerate(zip(sources, labels.tolist(), confidence.tolist(), clusters.tolist())):
-        writer.writerow([i, src, class_names[lbl] if class_names is not None else lbl, f"{conf:.4f}", cl])
+        writer.writerow([i, source_to_text(src), class_names[lbl] if class_names is not None else lbl, f"{conf:.4f}", cl])
     atomic_write_text(path, buf.getvalue())
 
 
@@ -378,13 +383,11 @@ def label_run(
 
     Returns:
         The metrics written to label_metrics.json, plus ``"result"`` (the
-        :class:`ClusterResult` or :class:`SeedResult`), ``"sources"``,
+        :class:`ClusterResult` or :class:`SeedResult`), ``"sources"`` (as
+        written in items.csv, :func:`contrastkit.sources.source_to_text`),
         ``"label_names"`` (label column values per item) and
         ``"montage_note"`` (why montages were skipped, or "").
     """
-    from contrastkit import __version__
-    from contrastkit.embedding import EMBEDDINGS_FILE, embed_run, read_embeddings
-
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir
     if (clusters is None) == (seed_labels is None):
@@ -395,6 +398,19 @@ def label_run(
             scan_config.check()
     if not run_dir.is_dir():
         raise DataError(f"{run_dir}: no such folder")
+    with run_lock(out):  # one command at a time writes the folder (contrastkit.runlock); embed_run locks run_dir
+        return _label_locked(run_dir, out, clusters, algorithm, seed_labels, montages, neighbors, seed,
+                             kmeans_backend, scan_config, progress)
+
+
+def _label_locked(
+    run_dir: Path, out: Path, clusters: int | None, algorithm: str, seed_labels: str | Path | None, montages: bool,
+    neighbors: int | None, seed: int, kmeans_backend: str, scan_config: Any, progress: bool,
+) -> dict[str, Any]:
+    """:func:`label_run` once its options are checked and the output folder is locked."""
+    from contrastkit import __version__
+    from contrastkit.embedding import EMBEDDINGS_FILE, embed_run, read_embeddings
+
     if not (run_dir / EMBEDDINGS_FILE).is_file() and (run_dir / "config.json").is_file():
         embed_run(run_dir)
     emb = read_embeddings(run_dir)
@@ -474,4 +490,5 @@ def label_run(
     metrics["montage_note"] = montage_note
     atomic_write_text(out / LABEL_METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
     label_names = [names[v] if names is not None else str(v) for v in labels.tolist()]
-    return {**metrics, "result": result, "sources": emb.sources, "label_names": label_names}
+    shown = [source_to_text(src) for src in emb.sources]  # as in items.csv: valid UTF-8, printable
+    return {**metrics, "result": result, "sources": shown, "label_names": label_names}

@@ -28,6 +28,7 @@ import torch
 
 from contrastkit.atomic import atomic_write_text
 from contrastkit.errors import DataError
+from contrastkit.runlock import run_lock
 
 REPORT_FILE = "report.html"
 REPORT_MONTAGE_SIZE = 16  # images per cluster montage in the report (8 per row)
@@ -259,8 +260,14 @@ def build_report(run_dir: str | Path, *, seed: int = 0, max_points: int = 5000, 
 
 
 def report_run(run_dir: str | Path, out: str | Path | None = None, **options: Any) -> Path:
-    """Write the report of a run (default ``RUN/report.html``) atomically; takes :func:`build_report`'s options."""
+    """Write the report of a run (default ``RUN/report.html``) atomically; takes :func:`build_report`'s options.
+
+    Holds the run folder's lock (:mod:`contrastkit.runlock`) while it works.
+    """
     run_dir = Path(run_dir)
     path = Path(out) if out is not None else run_dir / REPORT_FILE
-    atomic_write_text(path, build_report(run_dir, **options))
+    if not run_dir.is_dir():
+        raise DataError(f"{run_dir}: no such run folder")
+    with run_lock(run_dir):  # it may embed, evaluate and draw into the run folder (contrastkit.runlock)
+        atomic_write_text(path, build_report(run_dir, **options))
     return path

@@ -33,6 +33,7 @@ from contrastkit.knn import knn_votes
 from contrastkit.linear_probe import fit_linear_probe
 from contrastkit.poisson import gaussian_knn_weights, poisson_learning, poisson_proba
 from contrastkit.runtime import torch_threads
+from contrastkit.sources import source_from_text
 
 # Ties in held-out accuracy go to the earlier model. With one seed per class every model ties at 0 (a held-out
 # seed's class has no seed left), so the order decides: Poisson learning first, the best at very low label rates
@@ -277,11 +278,12 @@ def read_seed_labels(
 ) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
     """Read ``item,label`` rows of a seed CSV.
 
-    ``item`` is a source string from items.csv or a row index into it (a
-    source that matches exactly wins). ``label`` is a class name or a class
-    index when class names are known; without class names the labels must
-    all be integers >= 0, or all names (which then become the class names,
-    sorted).
+    ``item`` is a source string as written in items.csv (a name that is not
+    UTF-8 with its ``\\xHH`` escapes, see :mod:`contrastkit.sources`) or a
+    row index into it (a source that matches exactly wins). ``label`` is a
+    class name or a class index when class names are known; without class
+    names the labels must all be integers >= 0, or all names (which then
+    become the class names, sorted).
 
     Returns:
         (seed indices, seed labels, class names) with class names possibly new.
@@ -307,8 +309,9 @@ def read_seed_labels(
         raise DataError(f"{path}: no seed labels (only a header)")
     raw_items: list[tuple[int, int, str]] = []
     for line, item, label in rows:
-        if item in by_source:
-            i = by_source[item]
+        source = source_from_text(item)  # written as in items.csv (contrastkit.sources)
+        if source in by_source:
+            i = by_source[source]
         else:
             try:
                 i = int(item)

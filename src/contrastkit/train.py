@@ -29,8 +29,15 @@ of processes is exact too. Rank 0 alone shows progress, runs the kNN monitor
 and writes the run folder; every rank reads ``last.pt`` on resume (multi-node
 runs need ``--out`` on a shared file system to resume).
 
+One command at a time: rank 0 holds the run folder's lock
+(:func:`contrastkit.runlock.rank0_lock`, ``RUN/.lock``) from just before the
+first write to the end, so a second ``train`` (or ``embed``, ...) on the same
+folder stops with an error naming the process that holds it; the other
+ranks learn the outcome from rank 0 and never lock each other out.
+
 Run folder::
 
+    .lock                the lock of the command writing the folder (contrastkit.runlock)
     config.json          the TrainConfig
     log.jsonl            one JSON object per completed epoch
     checkpoints/last.pt  full training state (atomic)
@@ -62,6 +69,7 @@ from contrastkit.errors import ConfigError
 from contrastkit.knn import knn_accuracy
 from contrastkit.methods import Method
 from contrastkit.optim import build_optimizer, lr_at
+from contrastkit.runlock import rank0_lock
 from contrastkit.runtime import Runtime
 
 STATS_SAMPLE = 10000  # images used to estimate the normalisation mean/std
@@ -339,6 +347,7 @@ def fit(
         TrainingError: the loss became NaN or inf (the last checkpoint is kept).
         ConfigError: among others, a global batch not divisible by the number
             of processes, or ``sync_bn`` with several processes on CPUs.
+        RunLockedError: another process is writing ``run_dir`` (its PID is named).
     """
     launched = distributed.env_world_size() > 1 and not distributed.is_initialized()
     runtime = Runtime.create(config.device, config.precision, config.channels_last,
@@ -401,14 +410,15 @@ def _fit(
         if dataclasses.replace(saved, **{f: getattr(config, f) for f in RESUMABLE_FIELDS}) != config:
             raise ConfigError(f"{last_path}: the checkpoint's configuration differs from this one; resume with the run's own config.json")
 
-    out = engine.run(
-        method, source, optimizer, plan, runtime, run_dir, resume=resume, progress=progress,
-        monitor=_MonitorHook(monitor, method, data, info, runtime) if monitor is not None else None,
-        selection=engine.Selection("knn_top1", "max", config.patience, label="kNN", fmt="{:.2%}"),
-        meta={"config": config.to_dict(), "data": info, "augment": aug_cfg.__dict__}, schema=SCHEMA,
-        load=load_checkpoint, check_resume=check_resume, on_new_run=lambda: config.save(run_dir / "config.json"),
-        banner=banner,
-    )
+    with rank0_lock(run_dir):  # a second command on this folder stops here (contrastkit.runlock)
+        out = engine.run(
+            method, source, optimizer, plan, runtime, run_dir, resume=resume, progress=progress,
+            monitor=_MonitorHook(monitor, method, data, info, runtime) if monitor is not None else None,
+            selection=engine.Selection("knn_top1", "max", config.patience, label="kNN", fmt="{:.2%}"),
+            meta={"config": config.to_dict(), "data": info, "augment": aug_cfg.__dict__}, schema=SCHEMA,
+            load=load_checkpoint, check_resume=check_resume, on_new_run=lambda: config.save(run_dir / "config.json"),
+            banner=banner,
+        )
     return FitResult(run_dir=run_dir, history=out.history, best_knn=out.best, stopped_early=out.stopped_early,
                      stopped_on_time=out.stopped_on_time)
 

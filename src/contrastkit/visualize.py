@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from contrastkit.atomic import atomic_write_bytes
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.index import normalise
+from contrastkit.runlock import run_lock
 
 FIGURES_DIR = "figures"
 FIGURES = ("map", "neighbours", "saliency", "curves")  # the --what choices, in drawing order
@@ -479,13 +480,18 @@ def visualize_run(
     """Draw the figures of a run and write them as PNGs into ``out_dir`` (default ``RUN/figures``).
 
     Takes the options of :func:`render_figures`. Returns ({figure: path}, {figure: why skipped}).
+    Holds the run folder's lock (:mod:`contrastkit.runlock`) while it works.
     """
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / FIGURES_DIR
-    pngs, skipped = render_figures(run_dir, what, **options)
-    written = {}
-    for name, data in pngs.items():
-        path = out / FIGURE_FILES[name]
-        atomic_write_bytes(path, data)
-        written[name] = path
+    parse_what(what)  # a bad --what fails before anything is locked or written
+    if not run_dir.is_dir():
+        raise DataError(f"{run_dir}: no such run folder")
+    with run_lock(run_dir):  # it may embed into the run folder, and draws into RUN/figures (contrastkit.runlock)
+        pngs, skipped = render_figures(run_dir, what, **options)
+        written = {}
+        for name, data in pngs.items():
+            path = out / FIGURE_FILES[name]
+            atomic_write_bytes(path, data)
+            written[name] = path
     return written, skipped

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from contrastkit.atomic import give_plain_mode
 from contrastkit.data.dataset import DataSplits, ImageDataset
 from contrastkit.errors import DataError
 from contrastkit.paths import join_inside
@@ -382,6 +383,7 @@ def extract_archive(archive: Path, dest: Path) -> Path:
                 if src is None:
                     raise DataError(f"{archive}: cannot read archive member '{m.name}'")
                 fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+                give_plain_mode(fd)  # mkstemp makes it 0600; extracted files get a plain open()'s mode
                 try:
                     with os.fdopen(fd, "wb") as out:
                         while block := src.read(1 << 20):

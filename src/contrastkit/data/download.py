@@ -26,6 +26,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from contrastkit import __version__
+from contrastkit.atomic import give_plain_mode
 from contrastkit.errors import DataError
 
 DATA_ENV = "CONTRASTKIT_DATA"
@@ -138,6 +139,7 @@ def download(
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        give_plain_mode(fd)  # mkstemp makes it 0600; the cache file gets a plain open()'s mode
     except OSError as e:
         raise DataError(f"cannot write into the folder {dest.parent} for {url}: {e.strerror or e}") from e
     tmp = Path(tmp_name)

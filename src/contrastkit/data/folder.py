@@ -12,7 +12,15 @@ Without train/test folders a deterministic stratified 10 % is held out for
 testing (:func:`held_out_indices`). Hidden files and folders (names starting
 with ``.``) and files with other extensions are ignored.
 
-Bad files (zero bytes, not an image, corrupt or truncated pixel data): every
+One file under several names (symbolic or hard links, byte-identical
+copies; :mod:`contrastkit.data.duplicates`) is read once: the first name in
+item order (train before test, classes and names sorted) is kept, the others
+are merged into it before the held-out split is drawn, so one image never
+lands in both splits; one warning line on stderr says how many were merged
+and ``info["merged"]`` holds the count.
+
+Bad files (zero bytes, not an image, corrupt or truncated pixel data, a
+symbolic link whose target is missing or that loops): every
 image is opened and decoded once while loading, so all bad files are found
 before any training starts. By default loading stops with one
 :class:`~contrastkit.errors.DataError` that lists them (the first
@@ -30,12 +38,13 @@ composited on a white background, as a browser shows them.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Container, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -43,7 +52,9 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from contrastkit.data.dataset import DataSplits, ImageDataset, held_out_indices
+from contrastkit.data.duplicates import find_duplicates
 from contrastkit.errors import ConfigError, DataError
+from contrastkit.sources import printable
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 PROGRESS_MIN_ITEMS = 5000  # show a progress bar (stderr) above this many files
@@ -55,8 +66,28 @@ _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 
 
+def _link_problem(path: Path) -> str | None:
+    """Why a symbolic link leads to no file ("dangling symbolic link ...", "symbolic link loop"); None otherwise."""
+    if not path.is_symlink():
+        return None
+    try:
+        os.stat(path)
+        return None
+    except OSError as err:
+        try:
+            target = printable(os.readlink(path))
+        except OSError:
+            target = "?"
+        if err.errno == errno.ELOOP:
+            return f"symbolic link loop through {target}"
+        return f"dangling symbolic link: its target {target} does not exist"
+
+
 def _reason(path: Path, e: BaseException | None) -> str:
     """Why ``path`` cannot be decoded, in a few words on one line ("empty file", Pillow's reason)."""
+    link = _link_problem(path)
+    if link is not None:
+        return link
     try:
         if path.stat().st_size == 0:
             return "empty file"
@@ -72,7 +103,11 @@ def _decode_error(path: Path, e: Exception) -> DataError:
     """A DataError naming the file and Pillow's reason."""
     reason = _reason(path, e)
     detail = f" ({reason})" if reason == "empty file" else f": {reason}"
-    return DataError(f"{path.resolve()}: cannot decode image{detail}")
+    try:
+        shown = path.resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop
+        shown = Path(os.path.abspath(path))
+    return DataError(f"{printable(str(shown))}: cannot decode image{detail}")
 
 
 def _is_gray(im: Image.Image) -> bool:
@@ -233,13 +268,17 @@ class LazyFolderImages:
 
 
 def _image_files(folder: Path, recursive: bool) -> list[Path]:
-    """Sorted image files under ``folder``, skipping hidden files and folders."""
+    """Sorted image files under ``folder``, skipping hidden files and folders.
+
+    Symbolic links that lead to no file (dangling, or a loop) are included,
+    so that they are listed with the other unreadable files.
+    """
     found = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(
         p for p in found
         if p.suffix.lower() in IMAGE_EXTENSIONS
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-        and p.is_file()
+        and (p.is_file() or (p.is_symlink() and not p.exists()))
     )
 
 
@@ -346,9 +385,9 @@ def _listing(root: Path, paths: Sequence[Path], reasons: dict[Path, str] | None,
     """``"a.png (reason), b/c.png (reason) and 3 more"``: paths relative to ``root``."""
     def name(p: Path) -> str:
         try:
-            return p.relative_to(root).as_posix()
+            return printable(p.relative_to(root).as_posix())  # a name that is not UTF-8 as \xHH escapes
         except ValueError:
-            return str(p)
+            return printable(str(p))
 
     shown = [name(p) + (f" ({reasons[p]})" if reasons is not None else "") for p in paths[:limit]]
     more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
@@ -381,6 +420,18 @@ def _warn_skipped(root: Path, bad: dict[Path, str], total: int) -> None:
     print(
         f"warning: {root}: skipped {len(paths)} of {total} image files that cannot be read "
         f"(--skip-bad): {_listing(root, paths, None, SKIPPED_FILES_NAMED)}",
+        file=sys.stderr,
+    )
+
+
+def _warn_merged(root: Path, merged: dict[Path, Path], total: int) -> None:
+    """One stderr line: how many names of an already read file were merged into it, and the first few."""
+    paths = sorted(merged)
+    shown = [f"{_listing(root, [p], None, 1)} (= {_listing(root, [merged[p]], None, 1)})" for p in paths[:SKIPPED_FILES_NAMED]]
+    more = f" and {len(paths) - SKIPPED_FILES_NAMED} more" if len(paths) > SKIPPED_FILES_NAMED else ""
+    print(
+        f"warning: {root}: merged {len(paths)} of {total} image files that are another file again (a link to it, "
+        f"or the same bytes); each is read once, under its first name: {', '.join(shown)}{more}",
         file=sys.stderr,
     )
 
@@ -419,7 +470,8 @@ def load_folder(
     Returns:
         The train and test splits; sources are paths relative to ``root``;
         ``info["skipped"]`` is the number of bad files left out (as a string)
-        when ``skip_bad`` skipped any.
+        when ``skip_bad`` skipped any, ``info["merged"]`` the number of names
+        merged into a file read under another name (links, identical copies).
 
     Raises:
         DataError: no images, a layout problem, images of differing sizes
@@ -450,6 +502,9 @@ def load_folder(
     headers = _read_headers(tr_files + te_files, bad)
     tr_files, tr_labels = _without(tr_files, tr_labels, bad)
     te_files, te_labels = _without(te_files, te_labels, bad)
+    merged = find_duplicates(tr_files + te_files)  # before the held-out split: one file, one split
+    tr_files, tr_labels = _without(tr_files, tr_labels, merged)
+    te_files, te_labels = _without(te_files, te_labels, merged)
     good = tr_files + te_files
     if not good:
         raise bad_files_error(root, bad, total, skip_bad)
@@ -463,7 +518,8 @@ def load_folder(
         if len(tr_files) < 2:
             if bad:
                 raise bad_files_error(root, bad, total, skip_bad)
-            raise DataError(f"{root}: holds 1 image; need at least 2 to hold some out for testing")
+            again = f" (and {len(merged)} other name{'s' * (len(merged) > 1)} for it, merged)" if merged else ""
+            raise DataError(f"{root}: holds 1 image{again}; need at least 2 to hold some out for testing")
         y = None if tr_labels is None else torch.tensor(tr_labels, dtype=torch.int64)
         tr_idx, te_idx = held_out_indices(len(tr_files), y)
         te_files = [tr_files[i] for i in te_idx]
@@ -476,6 +532,10 @@ def load_folder(
         split: _decode_all(files, channels, size, f"decoding {split}", not lazy, bad)
         for split, files in (("train", tr_files), ("test", te_files))
     }
+    for name, kept in merged.items():  # another name of a file that does not decode is as bad
+        if kept in bad:
+            bad[name] = bad[kept]
+    merged = {name: kept for name, kept in merged.items() if name not in bad}
     if bad and not skip_bad:
         raise bad_files_error(root, bad, total)
 
@@ -502,12 +562,15 @@ def load_folder(
             raise bad_files_error(root, bad, total, skip_bad)
         _warn_skipped(root, bad, total)
         splits.info = {"skipped": str(len(bad))}
+    if merged:
+        _warn_merged(root, merged, total)
+        splits.info = {**splits.info, "merged": str(len(merged))}
     return splits
 
 
 def _without(
-    files: list[Path], labels: list[int] | None, bad: dict[Path, str]
+    files: list[Path], labels: list[int] | None, drop: Container[Path]
 ) -> tuple[list[Path], list[int] | None]:
-    """``files`` and their ``labels`` without the bad files."""
-    keep = [i for i, p in enumerate(files) if p not in bad]
+    """``files`` and their ``labels`` without those in ``drop`` (bad files, merged names)."""
+    keep = [i for i, p in enumerate(files) if p not in drop]
     return [files[i] for i in keep], None if labels is None else [labels[i] for i in keep]
