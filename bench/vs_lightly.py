@@ -23,6 +23,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -83,7 +84,7 @@ def check_ntxent(python: Path, tmp: Path, threads: int) -> float:
 def run_ours(args, npz: Path, run: Path, data) -> dict:
     cmd = [sys.executable, "-m", "contrastkit", "train", "--data", str(npz), "--backbone", args.backbone,
            "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--temperature", "0.1",
-           "--out", str(run), "--quiet"]
+           "--erase-p", "0", "--out", str(run), "--quiet"]  # lightly's SimCLRTransform has no random erasing
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=child_env(args.threads), stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
@@ -106,7 +107,8 @@ def lightly_view_args(recipe: AugmentConfig) -> list[str]:
     jitter); the RGB recipes add saturation, hue, grayscale and blur, whose
     lightly counterparts draw their factors differently.
     """
-    extras = {k: getattr(recipe, k) for k in ("saturation", "hue", "grayscale_p", "blur_p", "solarize_p") if getattr(recipe, k)}
+    extras = {k: getattr(recipe, k) for k in ("saturation", "hue", "grayscale_p", "blur_p", "solarize_p", "erase_p")
+              if getattr(recipe, k)}
     if recipe.crop_scale[1] != 1.0:
         extras["crop_scale"] = recipe.crop_scale
     if not np.allclose(recipe.crop_ratio, (3 / 4, 4 / 3)):
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     print(describe())
     data = load_dataset(args.data)
     info = data_info(data.train, TrainConfig())
-    views = lightly_view_args(default_recipe(info["channels"], info["image_size"]))
+    views = lightly_view_args(dataclasses.replace(default_recipe(info["channels"], info["image_size"]), erase_p=0.0))
     print(f"data: {data.train.name}, {len(data.train)} train / {len(data.test)} test; {args.backbone}, batch "
           f"{args.batch_size}, {args.epochs} epochs, {args.threads} threads, lightly workers {args.workers}; views "
           f"{' '.join(views)}", flush=True)

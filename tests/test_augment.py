@@ -393,7 +393,7 @@ def test_erasing_area_probability_and_normalised_fill() -> None:
 
 def test_erasing_off_keeps_the_random_stream() -> None:
     """Recipes without erasing draw exactly what they drew before erasing existed (one (B, 14) draw)."""
-    cfg = default_recipe(1, 28)
+    cfg = dataclasses.replace(default_recipe(1, 28), erase_p=0.0)
     p = sample_params(cfg, 16, 28, 28, gen(3))
     g = gen(3)
     u = torch.rand((16, 14), generator=g)

@@ -3,6 +3,8 @@ these tests check that the scripts work, plus the few pure functions they rely o
 
 from __future__ import annotations
 
+import dataclasses
+
 import importlib.util
 import json
 import sys
@@ -96,13 +98,15 @@ def test_throughput_counts_the_flops_of_a_linear_model() -> None:
 
 
 def test_vs_lightly_gives_lightly_contrastkits_grayscale_views() -> None:
-    recipe = default_recipe(1, 28)
+    recipe = dataclasses.replace(default_recipe(1, 28), erase_p=0.0)  # as vs_lightly runs both sides
     args = load("vs_lightly").lightly_view_args(recipe)
     values = dict(zip(args[::2], (float(v) for v in args[1::2])))
     assert values == {"--min-scale": recipe.crop_scale[0], "--brightness": recipe.brightness,
                       "--contrast": recipe.contrast, "--jitter-p": recipe.jitter_p, "--flip-p": recipe.flip_p}
     with pytest.raises(SystemExit, match="grayscale recipes only"):
         load("vs_lightly").lightly_view_args(default_recipe(3, 32))
+    with pytest.raises(SystemExit, match="erase_p"):  # lightly's SimCLRTransform has no random erasing
+        load("vs_lightly").lightly_view_args(default_recipe(1, 28))
 
 
 def test_vs_lightly_says_how_to_build_lightlys_venv(tmp_path) -> None:

@@ -205,6 +205,13 @@ def default_recipe(channels: int, size: int) -> AugmentConfig:
             # Blur helps on large images only (SimCLR skips it on CIFAR).
             blur_p=0.5 if size > 64 else 0.0,
             solarize_p=0.0,
+            # Random erasing (torchvision's defaults: p 0.5, area 0.02-0.33):
+            # hiding a part of the garment makes the two views agree on the
+            # rest of it. +1.2 points of validation kNN after 3 epochs on the
+            # full Fashion-MNIST (85.4 / 86.7 / 87.4% against 84.0 / 85.5 /
+            # 86.3%; p 1.0 and area 0.02-0.15 or 0.1-0.4 within 0.3 of it;
+            # BENCHMARKS.md "Random erasing").
+            erase_p=0.5,
         )
     if size <= 64:
         # SimCLR CIFAR-10 (arXiv:2002.05709, Appendix B.9): colour strength 0.5.

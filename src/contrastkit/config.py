@@ -45,6 +45,7 @@ class TrainConfig:
     data: str | None = _field(None, "data set: a built-in name (default, fashion-mnist, cifar10, cifar100, digits, ...) or a path to IDX files, CIFAR batches, an image folder or an .npz; omitted = the embedded Fashion-MNIST subset (10k train / 2k test)")
     image_size: int | None = _field(None, "side of the square training views in px; omitted = the images' own size")
     crop_min_scale: float | None = _field(None, "smallest area fraction of the random resized crop, in (0, 1]; omitted = the recipe's default for the image size (0.8 for grayscale, 0.08 for RGB)")
+    erase_p: float | None = _field(None, "probability of random erasing in each view (a rectangle of 0.02-0.33 of the view's area set to the mean, torchvision's RandomErasing), in [0, 1]; omitted = the recipe's default: 0.5 for grayscale images, 0 for RGB")
     skip_bad: bool = _field(False, "image folders: leave out image files that cannot be decoded (empty, not an image, corrupt or truncated) and say how many on stderr; off = stop with one error listing them")
     workers: int | None = _field(None, "data-loading worker processes that decode the next batches while the model trains (>= 0; 0 = decode in the training process); omitted = 0 for data held in memory, min(4, CPU cores - 1) but at least 1 for image folders too large for memory, which stream from disk. Under torchrun each process starts its own (auto counts its share of the cores). Does not change the results")
 
@@ -142,6 +143,8 @@ class TrainConfig:
             raise ConfigError(f"--image-size must be at least 8 px, got {self.image_size}")
         if self.crop_min_scale is not None and not 0 < self.crop_min_scale <= 1:
             raise ConfigError(f"--crop-min-scale must be in (0, 1], got {self.crop_min_scale}")
+        if self.erase_p is not None and not 0 <= self.erase_p <= 1:
+            raise ConfigError(f"--erase-p must be in [0, 1], got {self.erase_p}")
         if self.lr is not None:
             _check_positive("lr", self.lr)
         if self.weight_decay is not None and self.weight_decay < 0:

@@ -126,6 +126,8 @@ def augment_recipe(info: dict[str, Any], config: TrainConfig) -> AugmentConfig:
     recipe = default_recipe(info["channels"], info["image_size"])
     if config.crop_min_scale is not None:
         recipe = dataclasses.replace(recipe, crop_scale=(config.crop_min_scale, 1.0))
+    if config.erase_p is not None:
+        recipe = dataclasses.replace(recipe, erase_p=config.erase_p)
     return recipe
 
 
