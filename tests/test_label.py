@@ -418,3 +418,20 @@ def test_cli_label_errors_and_no_montage(tiny_run, tmp_path, capsys):
     assert m["kmeans_backend"] == "faiss" and sum(m["cluster_sizes"]) == 800
     assert main(["label", str(tiny_run), "--clusters", "3", "--no-montage", "--out", str(tmp_path / "nm")]) == 0
     assert not (tmp_path / "nm" / "montages").exists()
+
+
+def test_choose_model_keeps_the_preferred_model_within_one_standard_error():
+    """One-standard-error rule: SE = sqrt(p (1 - p) / n) of the best held-out accuracy p over n predictions."""
+    from contrastkit.seeds import choose_model
+
+    models = ("poisson", "knn", "propagation", "linear")
+    cv = {"poisson": 0.74, "knn": 0.76, "propagation": 0.70, "linear": 0.78}
+    se = np.sqrt(0.78 * 0.22 / 100)  # 0.0414: poisson (0.04 behind) stays, propagation (0.08) is out
+    assert 0.78 - se < 0.74
+    assert choose_model(cv, models, n_held_out=100) == "poisson"
+    # 1 000 predictions shrink the error to 0.013: only linear itself is within it
+    assert choose_model(cv, models, n_held_out=1000) == "linear"
+    # at n = 400 the SE is 0.0207: knn (0.02 behind, earlier than linear) is chosen, poisson (0.04) is not
+    assert choose_model(cv, models, n_held_out=400) == "knn"
+    assert choose_model(cv, ("linear", "knn"), n_held_out=100) == "linear"  # the order is the preference
+    assert choose_model({"poisson": 0.0, "knn": 0.0}, ("poisson", "knn"), n_held_out=10) == "poisson"

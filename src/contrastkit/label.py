@@ -23,9 +23,9 @@ the items a person should check: those between clusters.
 
 Few labels (:func:`contrastkit.seeds.label_from_seeds`, re-exported here):
 the kNN vote among the seeds, label spreading, a linear classifier and
-Poisson learning each label every item from the seeds, and the one with the
-best held-out accuracy over folds of the seeds labels every item (see
-:mod:`contrastkit.seeds`).
+Poisson learning each label every item from the seeds, and the one chosen
+on held-out folds of the seeds (one-standard-error rule) labels every item
+(see :mod:`contrastkit.seeds`).
 
 SCAN (:mod:`contrastkit.scan`, ``algorithm="scan"``): a clustering head on
 the frozen embeddings trained so that neighbours agree (Van Gansbeke et al.

@@ -1,4 +1,4 @@
-"""Few labels: every item's class from a few seed labels, by the seed model best on held-out seeds.
+"""Few labels: every item's class from a few seed labels, by the seed model chosen on held-out seeds.
 
 Four models label every item from the seeds (:data:`SEED_MODELS`): Poisson
 learning on the Gaussian-weighted kNN graph (:mod:`contrastkit.poisson`,
@@ -7,10 +7,12 @@ per class where label spreading degenerates; the kNN vote among the seeds
 (:func:`contrastkit.knn.knn_votes`); label spreading on the kNN graph of all
 items (scikit-learn ``LabelSpreading``, ``kernel="knn"``, Zhou et al. 2004);
 and a linear classifier (:func:`contrastkit.linear_probe.fit_linear_probe`).
-The model with the best held-out accuracy over folds of the seeds
+Each model is scored by its held-out accuracy over folds of the seeds
 (stratified k-fold with up to 5 folds; each fold's seeds are hidden and
-predicted from the others) labels every item; the confidence is its
-probability of the assigned class. Both graphs come from one exact FAISS
+predicted from the others), and the first model in :data:`SEED_MODELS`
+order whose score is within one standard error of the best labels every
+item (:func:`choose_model`, the one-standard-error rule); the confidence
+is its probability of the assigned class. Both graphs come from one exact FAISS
 search, made once per labelling, not once per fold.
 
 Also the reader of seed CSVs (:func:`read_seed_labels`).
@@ -35,10 +37,11 @@ from contrastkit.poisson import gaussian_knn_weights, poisson_learning, poisson_
 from contrastkit.runtime import torch_threads
 from contrastkit.sources import source_from_text
 
-# Ties in held-out accuracy go to the earlier model. With one seed per class every model ties at 0 (a held-out
-# seed's class has no seed left), so the order decides: Poisson learning first, the best at very low label rates
-# in Calder et al. 2020 and on the training rows of a 5-epoch encoder of the embedded Fashion-MNIST subset
-# (1 seed per class: 62-70% against 50-54% for the kNN vote, the next best; 10 per class: 73-75% against 68-71%).
+# The order of preference: among models whose held-out accuracy is within one standard error of the best, the
+# earliest is chosen (choose_model). With one seed per class every model ties at 0 (a held-out seed's class has no
+# seed left), so the order decides: Poisson learning first, the best at very low label rates in Calder et al. 2020
+# and on the training rows of a 5-epoch encoder of the embedded Fashion-MNIST subset (1 seed per class: 62-70%
+# against 50-54% for the kNN vote, the next best; 10 per class: 73-75% against 68-71%).
 SEED_MODELS = ("poisson", "knn", "propagation", "linear")
 GRAPH_MODELS = ("propagation", "poisson")  # the models that need the kNN graph of all items
 
@@ -208,6 +211,23 @@ def seed_folds(labels: np.ndarray, max_folds: int = 5, seed: int = 0) -> list[tu
     return list(splitter.split(np.zeros(len(labels))))
 
 
+def choose_model(cv_accuracy: dict[str, float], models: tuple[str, ...], n_held_out: int) -> str:
+    """The first of ``models`` whose held-out accuracy is within one standard error of the best one's.
+
+    The one-standard-error rule (Breiman et al. 1984, *Classification and
+    Regression Trees*, Sec. 3.4.3; Hastie et al., *The Elements of
+    Statistical Learning*, 2nd ed., Sec. 7.10): cross-validation over a few
+    seeds estimates each accuracy with a binomial standard error
+    ``sqrt(p (1 - p) / n)`` (``p`` the best accuracy, ``n`` the held-out
+    predictions), and a model that leads by less than that has not been
+    shown better than the preferred one. With 10 seeds per class of 10
+    classes, n = 100 and p = 0.75 give 0.043.
+    """
+    best = max(cv_accuracy[m] for m in models)
+    se = float(np.sqrt(best * (1.0 - best) / max(n_held_out, 1)))
+    return next(m for m in models if cv_accuracy[m] >= best - se - 1e-12)
+
+
 def label_from_seeds(
     features: np.ndarray,
     seed_idx: np.ndarray,
@@ -218,14 +238,14 @@ def label_from_seeds(
     max_folds: int = 5,
     seed: int = 0,
 ) -> SeedResult:
-    """Label every item from a few labelled ones, with the model best on held-out seeds.
+    """Label every item from a few labelled ones, with the model chosen on held-out seeds (:func:`choose_model`).
 
     Args:
         features: (N, D) embeddings (L2-normalised here).
         seed_idx: (S,) distinct row indices of the seeds.
         seed_labels: (S,) class of each seed, in [0, num_classes).
         num_classes: number of classes (default: max seed label + 1).
-        models: candidates, among ``SEED_MODELS``.
+        models: candidates, among ``SEED_MODELS``, in order of preference (see :func:`choose_model`).
         neighbors: k of the kNN vote (clipped to the seeds in use) and of the propagation and Poisson graphs.
         max_folds: at most this many cross-validation folds over the seeds.
         seed: seeds the folds and the linear probe (Poisson learning and propagation are deterministic).
@@ -260,7 +280,7 @@ def label_from_seeds(
             proba = _predict(m, xn, seed_idx[tr], seed_labels[tr], c, neighbors, seed, graphs)
             correct += int((proba[seed_idx[held]].argmax(1) == seed_labels[held]).sum())
         cv[m] = correct / len(seed_idx)
-    best = max(models, key=lambda m: (cv[m], -models.index(m)))
+    best = choose_model(cv, models, len(seed_idx))
     proba = _predict(best, xn, seed_idx, seed_labels, c, neighbors, seed, graphs)
     labels = proba.argmax(1).astype(np.int64)
     confidence = proba.max(1)

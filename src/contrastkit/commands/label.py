@@ -38,8 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seed-labels", type=Path, metavar="CSV",
         help="a CSV with header item,label: item is a source from items.csv or its row index, label a class "
         "name or index. Labels every item with the kNN vote, label propagation on the kNN graph, a linear "
-        "classifier and Poisson learning (Calder et al. 2020) on the Gaussian kNN graph, and keeps the one "
-        "most accurate on held-out seeds (stratified k-fold, up to 5 folds); the confidence is its probability",
+        "classifier and Poisson learning (Calder et al. 2020) on the Gaussian kNN graph, and keeps the first of "
+        "poisson, knn, propagation, linear whose accuracy on held-out seeds (stratified k-fold, up to 5 folds) "
+        "is within one standard error of the best; the confidence is its probability",
     )
     parser.add_argument(
         "--algorithm", choices=("kmeans", "spectral", "scan"), default="kmeans",
