@@ -206,6 +206,34 @@ def test_effective_rank_closed_forms():
     assert effective_rank(square) == pytest.approx(4.0, rel=1e-4)
 
 
+def test_train_prints_its_expected_time_and_a_verdict_against_raw_pixels(fmnist_small, tmp_path, capsys):
+    """After 1 + ESTIMATE_AFTER_STEPS steps an expected-time line; at the end raw pixels' kNN on the monitor's
+    own bank and validation slice, equal to scikit-learn's cosine 1-NN on the same pixels."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from contrastkit.engine import ESTIMATE_AFTER_STEPS
+    from contrastkit.train import FitResult, _Monitor, validation_split
+
+    _, data = fmnist_small
+    capsys.readouterr()
+    run, result = _train(data, tmp_path / "run", knn_k=1)
+    steps = 2 * (len(data.train) // TINY["batch_size"])
+    assert f"more for {steps - ESTIMATE_AFTER_STEPS - 1} steps (" in capsys.readouterr().err
+
+    config = TrainConfig(**{**TINY, "knn_k": 1})
+    monitor = _Monitor(data, config, *validation_split(data.train, config))
+    bank, queries = (data.train.images[i].flatten(1).float().numpy() for i in (monitor.bank_idx, monitor.query_idx))
+    reference = KNeighborsClassifier(n_neighbors=1, metric="cosine").fit(bank, data.train.labels[monitor.bank_idx])
+    assert result.raw_pixel_knn == pytest.approx(reference.score(queries, data.train.labels[monitor.query_idx]))
+    assert f"against {result.raw_pixel_knn:.2%} for raw pixels" in result.verdict()
+
+    worse = FitResult(run_dir=run, history=[], best_knn=0.80, stopped_early=False, raw_pixel_knn=0.825)
+    assert "(-2.5 points): no better than raw pixels yet; train longer" in worse.verdict()
+    better = FitResult(run_dir=run, history=[], best_knn=0.86, stopped_early=False, raw_pixel_knn=0.84)
+    assert better.verdict().endswith("(+2.0 points): the encoder beats raw pixels")
+    assert FitResult(run_dir=run, history=[], best_knn=None, stopped_early=False).verdict() is None
+
+
 def test_collapse_is_logged_and_warned(fmnist_small, tmp_path, monkeypatch, capsys):
     """A method whose backbone outputs a constant: spread 0 and rank ~1 are logged, and a warning printed."""
     _, data = fmnist_small

@@ -60,6 +60,7 @@ from contrastkit.runtime import Runtime
 
 SCHEMA = "contrastkit.engine/1"  # schema tag of checkpoints written without a caller's own
 clock = time.monotonic  # the clock of the budget and the checkpoint interval (tests replace it)
+ESTIMATE_AFTER_STEPS = 10  # steps timed, after the first (which pays for warm-up), before the expected-time line
 
 
 class EpochBatches(Protocol):
@@ -375,6 +376,7 @@ def run(
     trainable.train()
     last_save = clock()
     partial: dict[str, Any] | None = None  # the record of an epoch the budget cut short
+    steps_run, t_first_step = 0, 0.0  # this process's steps, for the expected-time line
     while c.epoch < plan.epochs and not c.stopped_early and not out_of_time:
         epoch = c.epoch
         t_epoch, items_seen = time.perf_counter(), 0
@@ -414,6 +416,14 @@ def run(
                                 refresh=False)
                 bar.update(1)
                 c.step_in_epoch = step + 1
+                steps_run += 1
+                if steps_run == 1:
+                    t_first_step = time.perf_counter()
+                elif steps_run == ESTIMATE_AFTER_STEPS + 1 and main:
+                    per_step = (time.perf_counter() - t_first_step) / ESTIMATE_AFTER_STEPS
+                    left = budget_s - elapsed() if budget_s is not None else None
+                    tqdm.write(expected_time_line(per_step, total_steps - global_step - 1, plan.epochs - epoch,
+                                                  left, plan.minutes), file=sys.stderr)
                 if out_of_time and c.step_in_epoch < steps_per_epoch:
                     checkpoint(batches)  # cut short inside the epoch: resumable from here
                     break
@@ -476,6 +486,22 @@ def run(
     distributed.barrier()  # the other ranks return once rank 0 has written the run folder
     return RunResult(history=history, best=c.best, stopped_early=c.stopped_early,
                      stopped_on_time=stopped_on_time, elapsed_s=elapsed())
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def expected_time_line(per_step_s: float, steps_left: int, epochs_left: int, budget_left_s: float | None,
+                       minutes: float | None) -> str:
+    """The line printed once the first steps are timed: how long the rest of the run should take."""
+    expected = per_step_s * steps_left
+    line = (f"expected: about {_duration(expected)} more for {steps_left} step{'s' * (steps_left != 1)} ({per_step_s * 1e3:.0f} ms per step "
+            f"over {ESTIMATE_AFTER_STEPS} steps), plus the monitor at the end of each of {epochs_left} epochs")
+    if budget_left_s is not None and minutes is not None and budget_left_s < expected:
+        line += (f"; the --minutes {minutes:g} budget stops it after about {_duration(max(budget_left_s, 0.0))} "
+                 f"(about {int(max(budget_left_s, 0.0) / max(per_step_s, 1e-9))} of these steps)")
+    return line
 
 
 def _report(record: dict[str, Any], epoch: int, plan: Plan, monitor: Monitor | None, partial: bool = False) -> None:

@@ -122,17 +122,20 @@ def evaluate_features(
 RAW_PIXEL_MAX_SIDE = 32  # raw-pixel baselines use at most 32 x 32 px (larger images are downsampled)
 
 
-def raw_pixel_features(ds: ImageDataset) -> torch.Tensor:
-    """(N, C*H*W) float pixels in [0, 255], downsampled to RAW_PIXEL_MAX_SIDE when larger."""
+def raw_pixel_rows(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images (B, C, H, W) -> (B, C*H*W) float pixels in [0, 255], downsampled to RAW_PIXEL_MAX_SIDE when larger."""
     from contrastkit.data.formats import resize_images
 
-    out = []
-    for start in range(0, len(ds), 4096):
-        x = ds.get_batch(torch.arange(start, min(start + 4096, len(ds))))
-        if max(x.shape[-2:]) > RAW_PIXEL_MAX_SIDE:
-            x = resize_images(x, RAW_PIXEL_MAX_SIDE)
-        out.append(x.flatten(1).float())
-    return torch.cat(out)
+    if max(x.shape[-2:]) > RAW_PIXEL_MAX_SIDE:
+        x = resize_images(x, RAW_PIXEL_MAX_SIDE)
+    return x.flatten(1).float()
+
+
+def raw_pixel_features(ds: ImageDataset, indices: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, C*H*W) raw-pixel rows (:func:`raw_pixel_rows`) of the dataset, or of its rows ``indices``."""
+    rows = torch.arange(len(ds)) if indices is None else indices
+    return torch.cat([raw_pixel_rows(ds.get_batch(rows[start:start + 4096])) for start in range(0, len(rows), 4096)]
+                     or [torch.zeros(0, 0)])
 
 
 def raw_pixel_baselines(data: DataSplits, linear: bool = True) -> dict[str, float]:

@@ -84,6 +84,19 @@ class FitResult:
     best_knn: float | None  # best kNN monitor accuracy, None without labels
     stopped_early: bool
     stopped_on_time: bool = False  # the --minutes budget ran out before the last epoch (see contrastkit.engine)
+    raw_pixel_knn: float | None = None  # kNN of raw pixels on the monitor's bank and validation slice (rank 0, labels)
+
+    def verdict(self) -> str | None:
+        """One line: the best kNN monitor against raw pixels on the same images; None without both."""
+        if self.best_knn is None or self.raw_pixel_knn is None:
+            return None
+        gap = 100 * (self.best_knn - self.raw_pixel_knn)
+        head = (f"verdict: kNN {self.best_knn:.2%} on the validation slice against {self.raw_pixel_knn:.2%} for raw "
+                f"pixels on the same images ({gap:+.1f} points): ")
+        if gap > 0:
+            return head + "the encoder beats raw pixels"
+        return head + ("no better than raw pixels yet; train longer (--epochs, --minutes) or try another recipe "
+                       "(BENCHMARKS.md lists what was measured)")
 
 
 def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
@@ -237,6 +250,16 @@ class _Monitor:
                 k=self.k, num_classes=self.num_classes,
             )
         return out
+
+    def raw_pixel_knn(self, data: DataSplits) -> float | None:
+        """The same kNN on raw pixels (cosine, as :func:`contrastkit.evaluation.raw_pixel_knn`): the line to beat."""
+        from contrastkit.evaluation import raw_pixel_features  # evaluation imports this module
+
+        if not self.labelled:
+            return None
+        bank, queries = raw_pixel_features(data.train, self.bank_idx), raw_pixel_features(data.train, self.query_idx)
+        return knn_accuracy(bank, data.train.labels[self.bank_idx], queries, data.train.labels[self.query_idx],
+                            k=self.k, num_classes=self.num_classes)
 
 
 _no_buffer_sync = engine.no_buffer_sync  # DistributedDataParallel's option, as fit wraps methods (tests use it)
@@ -422,5 +445,6 @@ def _fit(
             banner=banner,
         )
     return FitResult(run_dir=run_dir, history=out.history, best_knn=out.best, stopped_early=out.stopped_early,
-                     stopped_on_time=out.stopped_on_time)
+                     stopped_on_time=out.stopped_on_time,
+                     raw_pixel_knn=monitor.raw_pixel_knn(data) if monitor is not None else None)
 
