@@ -41,7 +41,7 @@ import torch
 from contrastkit.data import load_dataset
 from contrastkit.embedding import EMBEDDINGS_FILE, embed_run, read_embeddings
 from contrastkit.evaluation import raw_pixel_features, run_config
-from contrastkit.index import normalise
+from contrastkit.vectors import normalise
 from contrastkit.label import SEED_MODELS, cluster_metrics, label_clusters, label_from_seeds
 from contrastkit.seeds import _predict, seed_graphs
 

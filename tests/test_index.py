@@ -23,9 +23,9 @@ from contrastkit.index import (
     read_index,
     recall_at_k,
     search,
-    search_run,
     write_index,
 )
+from contrastkit.similar import search_run
 
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")

@@ -21,7 +21,7 @@ from PIL import Image
 from contrastkit.cli import main
 from contrastkit.data.folder import load_folder
 from contrastkit.embedding import read_embeddings, write_embeddings
-from contrastkit.index import format_results, search_run
+from contrastkit.similar import format_results, search_run
 from contrastkit.montage import run_images
 from contrastkit.seeds import read_seed_labels
 from contrastkit.sources import printable, source_from_text, source_to_text

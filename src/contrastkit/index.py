@@ -59,18 +59,19 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
-import torch
 
 from contrastkit.atomic import atomic_open, atomic_write_text
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.runlock import run_lock
-from contrastkit.sources import printable, source_to_text
+from contrastkit.montage import embed_query_images, load_query_images  # noqa: F401  (re-exported: they lived here)
+from contrastkit.vectors import (  # noqa: F401  (re-exported: they lived here)
+    CHUNK_BYTES, SCORE, _faiss, _finite_rows, chunk_rows, exact_search, normalise, normalised_chunks, rerank,
+)
 
 INDEX_FILE = "index.faiss"
 INDEX_INFO_FILE = "index.json"
@@ -93,129 +94,6 @@ IVFPQ_MIN_ITEMS = (1 << PQ_BITS) * IVF_MIN_POINTS_PER_CELL  # 9984: PQ k-means n
 RERANK_FACTOR = 10  # IVF-PQ: the k * 10 best candidates are re-scored exactly from the embeddings
 HNSW_M = 32  # neighbours per node of the HNSW graph (memory ~ 2 * M ints per item)
 HNSW_EF_CONSTRUCTION = 80  # candidate list while building the graph
-CHUNK_BYTES = 64 * 2**20  # embeddings are normalised, checked and added 64 MiB of float32 at a time
-SCORE = "cosine similarity (inner product of L2-normalised embeddings)"
-
-
-def _faiss() -> Any:
-    try:
-        import faiss
-    except ImportError as e:  # a dependency, but say what to do if it is missing
-        raise ConfigError(f"similar-image search needs FAISS: pip install faiss-cpu ({e})") from None
-    return faiss
-
-
-def normalise(features: np.ndarray, dtype: type = np.float32) -> np.ndarray:
-    """(N, D) rows scaled to unit length as a contiguous ``dtype`` array (zero rows stay zero).
-
-    Float32 for search (FAISS takes float32); auto-labelling asks for float64,
-    whose probabilities it derives from these rows.
-    """
-    x = np.asarray(features, dtype=dtype)
-    if x.ndim != 2:
-        raise DataError(f"embeddings must be a 2-D array (items x dimensions), got shape {x.shape}")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=dtype)
-
-
-def chunk_rows(dim: int, chunk_bytes: int = CHUNK_BYTES) -> int:
-    """Rows of ``dim`` float32 values in one chunk of ``chunk_bytes`` (at least 1)."""
-    return max(1, chunk_bytes // (4 * max(int(dim), 1)))
-
-
-def normalised_chunks(features: np.ndarray, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """``(first row, normalised float32 chunk)`` over ``features`` (an array or a memory map), in order.
-
-    Only one chunk of ``rows`` rows (default :func:`chunk_rows`) is held at a
-    time, so a memory-mapped array is never copied whole.
-
-    Raises:
-        DataError: a chunk holds NaN or infinite values (naming its rows).
-    """
-    if np.ndim(features) != 2:
-        raise DataError(f"embeddings must be a 2-D array (items x dimensions), got shape {np.shape(features)}")
-    n, d = features.shape
-    step = chunk_rows(d) if rows is None else int(rows)
-    if step < 1:
-        raise ConfigError(f"chunk rows must be >= 1, got {step}")
-    for start in range(0, n, step):
-        x = normalise(features[start : start + step])  # (<= step, D)
-        if not np.isfinite(x).all():
-            raise DataError(
-                f"the embeddings hold NaN or infinite values (rows {start}..{start + len(x) - 1}); "
-                "re-embed with a healthy checkpoint"
-            )
-        yield start, x
-
-
-def _finite_rows(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``features[rows]`` normalised (sorted rows: a memory map reads only those), checked finite."""
-    x = normalise(features[np.asarray(rows)])
-    if not np.isfinite(x).all():
-        raise DataError("the embeddings hold NaN or infinite values; re-embed with a healthy checkpoint")
-    return x
-
-
-def exact_search(
-    features: np.ndarray, queries: np.ndarray, k: int, rows: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` cosine similarities of ``queries`` against all of ``features``, by brute force in chunks.
-
-    The reference of every recall figure: the database is streamed chunk by
-    chunk (see :func:`normalised_chunks`), each chunk's top-k merged into
-    the running top-k, so memory is one chunk plus (Q, 2k).
-
-    Args:
-        features: (N, D) database (an array or a memory map).
-        queries: (Q, D) queries (L2-normalised here).
-        k: neighbours per query (clipped to N).
-        rows: rows per chunk (default :func:`chunk_rows`).
-
-    Returns:
-        (scores, ids): (Q, min(k, N)) float32 and int64, best first (ties to the lower id).
-    """
-    faiss = _faiss()
-    q = normalise(queries)
-    k = min(int(k), len(features))
-    best_s = np.full((len(q), 0), -np.inf, dtype=np.float32)
-    best_i = np.zeros((len(q), 0), dtype=np.int64)
-    for start, x in normalised_chunks(features, rows):
-        s, i = faiss.knn(q, x, min(k, len(x)), metric=faiss.METRIC_INNER_PRODUCT)  # (Q, <= k) each
-        s = np.concatenate([best_s, s.astype(np.float32)], axis=1)
-        i = np.concatenate([best_i, i.astype(np.int64) + start], axis=1)
-        order = np.argsort(-s, axis=1, kind="stable")[:, :k]  # earlier chunks (lower ids) win ties
-        best_s, best_i = np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
-    return best_s, best_i
-
-
-def rerank(features: np.ndarray, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` best of each query's candidates ``ids`` by exact cosine similarity with ``features``.
-
-    Only the candidate rows are read (a memory-mapped ``features`` stays on
-    disk otherwise). Missing candidates (id -1) stay last with id -1 and
-    score ``-FLT_MAX``, as FAISS returns them.
-
-    Args:
-        features: (N, D) the embeddings the index holds.
-        queries: (Q, D) L2-normalised queries.
-        ids: (Q, K) candidate ids, K >= k.
-        k: results per query.
-    """
-    lowest = -np.finfo(np.float32).max
-    out_s = np.full((len(ids), k), lowest, dtype=np.float32)
-    out_i = np.full((len(ids), k), -1, dtype=np.int64)
-    block = 256  # queries at a time: at most 256 * K rows of features in memory
-    for b in range(0, len(ids), block):
-        cand, q = ids[b : b + block], queries[b : b + block]  # (B, K), (B, D)
-        valid = cand >= 0
-        rows, where = np.unique(cand[valid], return_inverse=True)
-        vectors = normalise(features[rows])  # (U, D), rows sorted
-        scores = np.full(cand.shape, lowest, dtype=np.float32)  # (B, K)
-        scores[valid] = np.einsum("bd,bd->b", np.repeat(q, valid.sum(1), axis=0), vectors[where])
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        out_s[b : b + block] = np.take_along_axis(scores, order, 1)
-        out_i[b : b + block] = np.where(np.take_along_axis(valid, order, 1), np.take_along_axis(cand, order, 1), -1)
-    return out_s, out_i
 
 
 def search(
@@ -609,7 +487,7 @@ def read_index(folder: str | Path, features: np.ndarray | None = None) -> tuple[
     return index, info
 
 
-def _ensure_embeddings(run_dir: Path) -> Any:
+def ensure_embeddings(run_dir: Path) -> Any:
     """The run's saved embeddings, embedding first when a run folder has none yet (as `evaluate` does)."""
     from contrastkit.embedding import EMBEDDINGS_FILE, embed_run, read_embeddings
 
@@ -634,7 +512,7 @@ def index_run(run_dir: str | Path, kind: str = "auto", **options: Any) -> dict[s
     if not run_dir.is_dir():
         raise DataError(f"{run_dir}: no such folder")
     with run_lock(run_dir):  # one command at a time writes the folder (contrastkit.runlock)
-        emb = _ensure_embeddings(run_dir)
+        emb = ensure_embeddings(run_dir)
         index, info = build_index(emb.features, kind, **options)
         info.update({
             "embeddings": str(run_dir / "embeddings.npy"),
@@ -642,215 +520,3 @@ def index_run(run_dir: str | Path, kind: str = "auto", **options: Any) -> dict[s
             "faiss": _faiss().__version__, "contrastkit": __version__,
         })
         return write_index(run_dir, index, info)
-
-
-# ----------------------------------------------------------------------------- queries
-
-
-def load_query_images(paths: Sequence[str | Path], channels: int, size: tuple[int, int]) -> torch.Tensor:
-    """Decode image files as the folder reader decodes training images: uint8 (Q, C, H, W).
-
-    Grayscale and RGB files are converted to the model's ``channels`` (1 or
-    3; transparency composited on white, 16-bit scaled to 8) and resized to
-    ``size`` = (H, W) (bilinear, antialiased), as ``--image-size`` resizes
-    training data.
-
-    Raises:
-        DataError: a file is missing or cannot be decoded, or the model takes
-            images of a channel count no image file has.
-    """
-    from contrastkit.data.folder import load_image_file
-
-    if channels not in (1, 3):
-        raise DataError(
-            f"the model was trained on {channels}-channel images; image files give 1 (grayscale) or 3 (RGB) "
-            "channels, so query by item index instead"
-        )
-    if not paths:
-        return torch.zeros((0, channels, *size), dtype=torch.uint8)
-    return torch.stack([load_image_file(Path(p), channels, size) for p in paths])  # (Q, C, H, W)
-
-
-def embed_query_images(run_dir: str | Path, paths: Sequence[str | Path]) -> np.ndarray:
-    """Backbone features (Q, D) float32 of image files, with the run's model and evaluation transform.
-
-    The files are decoded to the channels of the training data and resized to
-    its side (``image_size`` of the checkpoint), then normalised and embedded
-    exactly as ``contrastkit embed`` embeds the data set
-    (:func:`contrastkit.embedding.compute_embeddings`).
-    """
-    from contrastkit.checkpoint import load_method
-    from contrastkit.data.dataset import ImageDataset
-    from contrastkit.embedding import compute_embeddings
-    from contrastkit.runtime import Runtime
-
-    for p in paths:
-        if not Path(p).is_file():
-            raise DataError(f"{p}: query image file does not exist")
-    method, config, info = load_method(Path(run_dir))
-    side = int(info["image_size"])
-    images = load_query_images(paths, int(info["channels"]), (side, side))
-    runtime = Runtime.create(config.device, config.precision, config.channels_last)
-    method.to(runtime.device)
-    if runtime.channels_last:
-        method.to(memory_format=torch.channels_last)
-    queries = ImageDataset(images=images, labels=None, class_names=None, sources=[str(p) for p in paths],
-                           name="query images")
-    return compute_embeddings(method, queries, info, runtime).numpy().astype(np.float32)
-
-
-_INT = re.compile(r"^[+-]?\d+$")
-
-
-def parse_queries(queries: Sequence[str | int]) -> list[tuple[str, str | int]]:
-    """``("item", index)`` for integers, ``("file", path)`` for anything else; files must exist.
-
-    Raises:
-        DataError: a query file does not exist.
-    """
-    out: list[tuple[str, str | int]] = []
-    for q in queries:
-        if isinstance(q, (int, np.integer)) or _INT.match(str(q).strip()):
-            out.append(("item", int(q)))
-        elif not Path(q).is_file():
-            raise DataError(f"{q}: query image file does not exist (a query is an image file or an item index)")
-        else:
-            out.append(("file", str(q)))
-    return out
-
-
-def load_or_build_index(run_dir: Path, features: np.ndarray, kind: str = "auto") -> tuple[Any, dict[str, Any], str]:
-    """The run's index, built (and written) when missing or out of date; the third value says which and why.
-
-    An out-of-date index is rebuilt with the kind it had (``kind`` applies when there is none).
-    """
-    run_dir = Path(run_dir)
-    if (run_dir / INDEX_FILE).is_file() or (run_dir / INDEX_INFO_FILE).is_file():
-        try:
-            index, info = read_index(run_dir, features)
-            return index, info, ""
-        except DataError as e:
-            why = f"rebuilt the index: {e}"
-        try:  # keep the kind the user chose when the index was built
-            kind = json.loads((run_dir / INDEX_INFO_FILE).read_text()).get("kind", kind)
-        except (OSError, ValueError, AttributeError):
-            pass
-        kind = kind if kind in KINDS else "auto"
-    else:
-        why = f"built the index ({run_dir / INDEX_FILE} was missing)"
-    index_run(run_dir, kind)
-    index, info = read_index(run_dir, features)
-    return index, info, why
-
-
-def search_run(
-    run_dir: str | Path, queries: Sequence[str | int], k: int = 10, *, kind: str = "auto",
-    montage: str | Path | None = None,
-) -> dict[str, Any]:
-    """Nearest items of each query: an image file (embedded with the run's model) or an item index.
-
-    Args:
-        run_dir: a run folder (or any folder with embeddings.npy and items.csv;
-            image queries need the run's checkpoint).
-        queries: image file paths and/or item indices (ints or integer strings).
-        k: results per query (>= 1; clipped to the number of items).
-        kind: the kind of index to build when there is none yet.
-        montage: write a PNG with one row per query: the query, then its results.
-
-    Returns:
-        ``{"run", "k", "index": index.json's content, "index_note", "queries":
-        [{"query", "type", "results": [{"rank", "index", "score", "split",
-        "source", "label", "class_name"}]}]}``, each source as written in
-        items.csv (:func:`contrastkit.sources.source_to_text`: valid UTF-8,
-        printable); with ``montage``, ``"montage"``.
-
-    Raises:
-        ConfigError: k < 1. DataError: a missing query file, an item index
-        out of range, an image that cannot be read.
-    """
-    run_dir = Path(run_dir)
-    if k < 1:
-        raise ConfigError(f"--top-k must be >= 1, got {k}")
-    if not queries:
-        raise ConfigError("give at least one QUERY (an image file or an item index)")
-    parsed = parse_queries(queries)
-    emb = _ensure_embeddings(run_dir)
-    n = len(emb.features)
-    for t, q in parsed:
-        if t == "item" and not 0 <= int(q) < n:
-            raise DataError(f"query {q}: item index out of range 0..{n - 1} ({n} items in {run_dir / 'items.csv'})")
-    get_images = None
-    if montage is not None:
-        from contrastkit.montage import run_images
-
-        get_images, why = run_images(run_dir, emb.sources)
-        if get_images is None:
-            raise DataError(f"--montage {montage}: cannot draw it: {why}")
-    index, info, note = load_or_build_index(run_dir, emb.features, kind)
-    vectors = np.zeros((len(parsed), emb.features.shape[1]), dtype=np.float32)  # (Q, D)
-    files = [i for i, (t, _) in enumerate(parsed) if t == "file"]
-    if files:
-        vectors[files] = embed_query_images(run_dir, [str(parsed[i][1]) for i in files])
-    for i, (t, q) in enumerate(parsed):
-        if t == "item":
-            vectors[i] = emb.features[int(q)]
-    scores, ids = search(index, vectors, k, emb.features, int(info.get("rerank", 1)))  # (Q, k')
-    names = emb.meta.get("class_names")
-    labels = emb.labels
-    results = []
-    for (t, q), row_scores, row_ids in zip(parsed, scores, ids):
-        items = []
-        for rank, (s, i) in enumerate(zip(row_scores.tolist(), row_ids.tolist()), start=1):
-            label = None if labels is None or labels[i] < 0 else int(labels[i])
-            items.append({
-                "rank": rank, "index": int(i), "score": round(float(s), 6), "split": emb.splits[i],
-                "source": source_to_text(emb.sources[i]), "label": label,
-                "class_name": names[label] if names and label is not None and label < len(names) else None,
-            })
-        results.append({"query": q, "type": t, "results": items})
-    out: dict[str, Any] = {"run": str(run_dir), "k": int(ids.shape[1]), "index": info, "index_note": note,
-                           "queries": results}
-    if montage is not None:
-        out["montage"] = str(write_search_montage(montage, get_images, parsed, ids))
-    return out
-
-
-def write_search_montage(path: str | Path, get_images: Any, parsed: list[tuple[str, str | int]], ids: np.ndarray) -> Path:
-    """A PNG with one row per query: the query image, then its results in rank order (written atomically).
-
-    Args:
-        path: the PNG to write.
-        get_images: ``indices (LongTensor) -> uint8 (B, C, H, W)`` images of the embedding rows.
-        parsed: the queries, from :func:`parse_queries`.
-        ids: (Q, k) result rows from :func:`search`.
-    """
-    from contrastkit.montage import montage_image
-
-    rows = []
-    for (t, q), row in zip(parsed, ids):
-        found = np.asarray(get_images(torch.from_numpy(row)))  # (k, C, H, W)
-        if t == "item":
-            query = np.asarray(get_images(torch.tensor([int(q)])))
-        else:
-            c, h, w = found.shape[1:]
-            query = load_query_images([str(q)], c, (h, w)).numpy()  # (1, C, H, W) like the data set's images
-        rows.append(np.concatenate([query, found]))
-    sheet = montage_image(np.concatenate(rows), columns=ids.shape[1] + 1)
-    path = Path(path)
-    with atomic_open(path) as f:
-        sheet.save(f, format="PNG")
-    return path
-
-
-def format_results(result: dict[str, Any]) -> str:
-    """The search results as text: one block per query, one line per item."""
-    lines = []
-    info = result["index"]
-    for q in result["queries"]:
-        what = f"item {q['query']}" if q["type"] == "item" else printable(str(q["query"]))  # a path may not be UTF-8
-        lines.append(f"query {what}: {len(q['results'])} nearest ({info['kind']} index, cosine similarity)")
-        lines.append(f"{'rank':>4}  {'index':>7}  {'score':>7}  {'split':<5}  {'label':<16} source")
-        for r in q["results"]:
-            label = "" if r["label"] is None else (r["class_name"] or str(r["label"]))
-            lines.append(f"{r['rank']:>4}  {r['index']:>7}  {r['score']:>7.4f}  {r['split']:<5}  {label:<16} {r['source']}")
-    return "\n".join(lines)

@@ -50,7 +50,7 @@ import numpy as np
 
 from contrastkit.atomic import atomic_write_text
 from contrastkit.errors import ConfigError, DataError
-from contrastkit.index import normalise
+from contrastkit.vectors import normalise
 from contrastkit.montage import (  # noqa: F401  (re-exported: they lived here)
     MONTAGE_DIR,
     MONTAGE_MIN_TILE,

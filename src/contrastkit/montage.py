@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from contrastkit.atomic import atomic_open
-from contrastkit.errors import ContrastkitError
-from contrastkit.index import normalise
+from contrastkit.errors import ContrastkitError, DataError
+from contrastkit.vectors import normalise
 
 MONTAGE_DIR = "montages"
 MONTAGE_SIZE = 36  # images per montage: the 36 nearest the centroid, 6 x 6
@@ -113,3 +113,58 @@ def run_images(run_dir: Path, sources: list[str]) -> tuple[_RowImages | None, st
     if list(data.train.sources) + list(data.test.sources) != list(sources):
         return None, "the embeddings are not of the run's own data set (items.csv sources differ)"
     return _RowImages(data), ""
+
+
+# ----------------------------------------------------------------------------- query images
+
+
+def load_query_images(paths: Sequence[str | Path], channels: int, size: tuple[int, int]) -> torch.Tensor:
+    """Decode image files as the folder reader decodes training images: uint8 (Q, C, H, W).
+
+    Grayscale and RGB files are converted to the model's ``channels`` (1 or
+    3; transparency composited on white, 16-bit scaled to 8) and resized to
+    ``size`` = (H, W) (bilinear, antialiased), as ``--image-size`` resizes
+    training data.
+
+    Raises:
+        DataError: a file is missing or cannot be decoded, or the model takes
+            images of a channel count no image file has.
+    """
+    from contrastkit.data.folder import load_image_file
+
+    if channels not in (1, 3):
+        raise DataError(
+            f"the model was trained on {channels}-channel images; image files give 1 (grayscale) or 3 (RGB) "
+            "channels, so query by item index instead"
+        )
+    if not paths:
+        return torch.zeros((0, channels, *size), dtype=torch.uint8)
+    return torch.stack([load_image_file(Path(p), channels, size) for p in paths])  # (Q, C, H, W)
+
+
+def embed_query_images(run_dir: str | Path, paths: Sequence[str | Path]) -> np.ndarray:
+    """Backbone features (Q, D) float32 of image files, with the run's model and evaluation transform.
+
+    The files are decoded to the channels of the training data and resized to
+    its side (``image_size`` of the checkpoint), then normalised and embedded
+    exactly as ``contrastkit embed`` embeds the data set
+    (:func:`contrastkit.embedding.compute_embeddings`).
+    """
+    from contrastkit.checkpoint import load_method
+    from contrastkit.data.dataset import ImageDataset
+    from contrastkit.embedding import compute_embeddings
+    from contrastkit.runtime import Runtime
+
+    for p in paths:
+        if not Path(p).is_file():
+            raise DataError(f"{p}: query image file does not exist")
+    method, config, info = load_method(Path(run_dir))
+    side = int(info["image_size"])
+    images = load_query_images(paths, int(info["channels"]), (side, side))
+    runtime = Runtime.create(config.device, config.precision, config.channels_last)
+    method.to(runtime.device)
+    if runtime.channels_last:
+        method.to(memory_format=torch.channels_last)
+    queries = ImageDataset(images=images, labels=None, class_names=None, sources=[str(p) for p in paths],
+                           name="query images")
+    return compute_embeddings(method, queries, info, runtime).numpy().astype(np.float32)

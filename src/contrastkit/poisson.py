@@ -28,7 +28,7 @@ import numpy as np
 from scipy import sparse
 
 from contrastkit.errors import ConfigError
-from contrastkit.index import exact_search
+from contrastkit.vectors import exact_search
 
 POISSON_NEIGHBOURS = 10  # k of the graph (paper and graphlearning default)
 POISSON_MIN_ITER = 50  # iterations before the stopping rule is checked (graphlearning default)

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contrastkit.errors import ConfigError
-from contrastkit.index import exact_search, normalise
+from contrastkit.vectors import exact_search, normalise
 from contrastkit.runtime import torch_threads
 
 EPS = 1e-8  # probabilities are clamped to this before a log (the official SCAN code's value)

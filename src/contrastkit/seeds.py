@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from contrastkit.errors import ConfigError, DataError
-from contrastkit.index import exact_search, normalise
+from contrastkit.vectors import exact_search, normalise
 from contrastkit.knn import knn_votes
 from contrastkit.linear_probe import fit_linear_probe
 from contrastkit.poisson import gaussian_knn_weights, poisson_learning, poisson_proba

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from contrastkit.atomic import atomic_write_bytes
 from contrastkit.errors import ConfigError, DataError
-from contrastkit.index import normalise
+from contrastkit.vectors import normalise
 from contrastkit.runlock import run_lock
 
 FIGURES_DIR = "figures"

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Search, then print the results table (or JSON) and the montage written."""
-    from contrastkit.index import format_results, search_run
+    from contrastkit.similar import format_results, search_run
 
     result = search_run(args.run, args.queries, args.top_k, montage=args.montage)
     if args.json:
