@@ -24,6 +24,7 @@ from typing import Protocol
 # one import per module: `from contrastkit.commands import ...` would read as the package importing itself
 import contrastkit.commands.embed as embed
 import contrastkit.commands.evaluate as evaluate
+import contrastkit.commands.fidelity as fidelity
 import contrastkit.commands.index as index
 import contrastkit.commands.label as label
 import contrastkit.commands.report as report
@@ -47,4 +48,4 @@ class Command(Protocol):
         """Run the command on parsed arguments; returns the exit status."""
 
 
-COMMANDS: tuple[Command, ...] = (train, embed, evaluate, label, index, search, visualize, report)
+COMMANDS: tuple[Command, ...] = (train, embed, evaluate, label, index, search, visualize, report, fidelity)
