@@ -196,6 +196,19 @@ def test_autolabel_retrieval_runs_on_a_trained_run(trained_copy, capsys) -> None
     assert "| k-means cluster accuracy |" in text and "| 2 label(s)/class" in text and "| retrieval mAP |" in text
 
 
+def test_feature_choice_compares_read_outs_of_one_network(trained_copy, tmp_path, capsys) -> None:
+    """Each read-out of bench/feature_choice.py has its dimension, validation kNN and test kNN."""
+    run = trained_copy("bench-autolabel", "--epochs", "1", "--batch-size", "64")
+    out = tmp_path / "features.json"
+    load("feature_choice").main([str(run), "--no-linear", "--out", str(out)])
+    text = capsys.readouterr().out
+    results = json.loads(out.read_text())["results"]
+    assert list(results) == ["layer3 (embed's)", "layer2+3", "layer3 max", "layer3 avg+max", "projector"]
+    assert [r["dims"] for r in results.values()] == [256, 384, 256, 512, 128]
+    assert all(0.1 < r["validation_knn"] <= 1 and 0.1 < r["knn_top1_k20"] <= 1 for r in results.values())
+    assert "| layer2+3 | 384 |" in text
+
+
 def test_index_and_kmeans_scale_scripts_run(tmp_path) -> None:
     """Run as scripts: index_scale measures each index kind in its own process (its own peak memory)."""
     import subprocess
