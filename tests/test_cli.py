@@ -145,7 +145,7 @@ def test_the_parser_is_the_table_of_commands():
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert list(sub.choices) == [c.NAME for c in COMMANDS] == [
-        "train", "embed", "evaluate", "label", "index", "search", "visualize", "report", "fidelity",
+        "train", "embed", "evaluate", "label", "index", "search", "visualize", "report", "audit", "serve", "fidelity",
         "train-generator", "generate", "complete"]
     for command in COMMANDS:
         assert sub.choices[command.NAME].description == command.DESCRIPTION

@@ -22,6 +22,7 @@ import argparse
 from typing import Protocol
 
 # one import per module: `from contrastkit.commands import ...` would read as the package importing itself
+import contrastkit.commands.audit as audit
 import contrastkit.commands.complete as complete
 import contrastkit.commands.embed as embed
 import contrastkit.commands.evaluate as evaluate
@@ -31,6 +32,7 @@ import contrastkit.commands.index as index
 import contrastkit.commands.label as label
 import contrastkit.commands.report as report
 import contrastkit.commands.search as search
+import contrastkit.commands.serve as serve
 import contrastkit.commands.train as train
 import contrastkit.commands.train_generator as train_generator
 import contrastkit.commands.visualize as visualize
@@ -51,5 +53,5 @@ class Command(Protocol):
         """Run the command on parsed arguments; returns the exit status."""
 
 
-COMMANDS: tuple[Command, ...] = (train, embed, evaluate, label, index, search, visualize, report, fidelity,
+COMMANDS: tuple[Command, ...] = (train, embed, evaluate, label, index, search, visualize, report, audit, serve, fidelity,
                                  train_generator, generate, complete)
