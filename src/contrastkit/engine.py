@@ -423,7 +423,7 @@ def run(
                     per_step = (time.perf_counter() - t_first_step) / ESTIMATE_AFTER_STEPS
                     left = budget_s - elapsed() if budget_s is not None else None
                     tqdm.write(expected_time_line(per_step, total_steps - global_step - 1, plan.epochs - epoch,
-                                                  left, plan.minutes), file=sys.stderr)
+                                                  left, plan.minutes, monitored=monitor is not None), file=sys.stderr)
                 if out_of_time and c.step_in_epoch < steps_per_epoch:
                     checkpoint(batches)  # cut short inside the epoch: resumable from here
                     break
@@ -493,11 +493,13 @@ def _duration(seconds: float) -> str:
 
 
 def expected_time_line(per_step_s: float, steps_left: int, epochs_left: int, budget_left_s: float | None,
-                       minutes: float | None) -> str:
+                       minutes: float | None, monitored: bool = True) -> str:
     """The line printed once the first steps are timed: how long the rest of the run should take."""
     expected = per_step_s * steps_left
-    line = (f"expected: about {_duration(expected)} more for {steps_left} step{'s' * (steps_left != 1)} ({per_step_s * 1e3:.0f} ms per step "
-            f"over {ESTIMATE_AFTER_STEPS} steps), plus the monitor at the end of each of {epochs_left} epochs")
+    line = (f"expected: about {_duration(expected)} more for {steps_left} step{'s' * (steps_left != 1)} "
+            f"({per_step_s * 1e3:.0f} ms per step over {ESTIMATE_AFTER_STEPS} steps)")
+    if monitored:
+        line += f", plus the monitor at the end of each of {epochs_left} epoch{'s' * (epochs_left != 1)}"
     if budget_left_s is not None and minutes is not None and budget_left_s < expected:
         line += (f"; the --minutes {minutes:g} budget stops it after about {_duration(max(budget_left_s, 0.0))} "
                  f"(about {int(max(budget_left_s, 0.0) / max(per_step_s, 1e-9))} of these steps)")
