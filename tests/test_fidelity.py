@@ -126,3 +126,5 @@ def test_cli_errors_name_the_problem(run, tmp_path, capsys):
     assert "at least 10 generated" in capsys.readouterr().err
     assert main(["fidelity", str(run), str(few), "--max-items", "2"]) != 0
     assert "--max-items must be >= 10" in capsys.readouterr().err
+    assert main(["fidelity", str(tmp_path / "no-run"), str(few)]) != 0
+    assert "no such run folder" in capsys.readouterr().err and not (tmp_path / "no-run").exists()

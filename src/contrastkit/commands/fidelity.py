@@ -37,12 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Measure, write fidelity.json and the closest-pairs PNG, print the table."""
+    from contrastkit.checkpoint import run_checkpoint
     from contrastkit.errors import ConfigError
     from contrastkit.fidelity import fidelity_run, format_fidelity, write_fidelity
     from contrastkit.runlock import run_lock
 
     if args.max_items < 10:
         raise ConfigError(f"--max-items must be >= 10, got {args.max_items}")
+    run_checkpoint(args.run)  # a missing or untrained run is named before the lock would create its folder
     with run_lock(args.run):
         result = fidelity_run(args.run, args.generated, args.real, second_run=args.second_run,
                               max_items=args.max_items, seed=args.seed)
