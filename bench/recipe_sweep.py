@@ -39,7 +39,6 @@ import contrastkit.train as train_module
 from contrastkit.config import TrainConfig
 from contrastkit.data import load_dataset
 from contrastkit.embedding import compute_embeddings
-from contrastkit.evaluation import raw_pixel_features
 from contrastkit.knn import knn_accuracy
 from contrastkit.methods import build_method
 from contrastkit.runtime import Runtime
@@ -70,10 +69,9 @@ def view_recipe_overrides(overrides: dict):
 
 
 def monitor_rows(config: TrainConfig, data) -> tuple[torch.Tensor, torch.Tensor]:
-    """(bank, validation) rows of the training split, as the kNN monitor of ``fit`` takes them."""
-    rest, val = validation_split(data.train, config)
-    g = torch.Generator().manual_seed(config.seed)
-    return rest[torch.randperm(len(rest), generator=g)[: config.monitor_bank]].sort().values, val
+    """(bank, validation) rows of the training split: those of ``fit``'s own kNN monitor."""
+    monitor = train_module._Monitor(data, config, *validation_split(data.train, config))
+    return monitor.bank_idx, monitor.query_idx
 
 
 def untrained_knn(config: TrainConfig, data) -> float:
@@ -88,11 +86,8 @@ def untrained_knn(config: TrainConfig, data) -> float:
 
 
 def raw_pixel_validation_knn(config: TrainConfig, data) -> float:
-    """kNN (k=20) of raw pixels on the monitor's images (the validation slice)."""
-    bank_idx, val_idx = monitor_rows(config, data)
-    pixels = raw_pixel_features(data.train)
-    return knn_accuracy(pixels[bank_idx], data.train.labels[bank_idx], pixels[val_idx], data.train.labels[val_idx],
-                        k=config.knn_k)
+    """kNN (k=20) of raw pixels on the monitor's images (the validation slice): the monitor's own raw-pixel line."""
+    return train_module._Monitor(data, config, *validation_split(data.train, config)).raw_pixel_knn(data)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     how = " (stopped early)" if result.stopped_early else ""
     how += f" (stopped on time (--minutes {config.minutes:g}); --resume with a larger --minutes continues it)" if result.stopped_on_time else ""
     print(f"epochs: {completed}/{config.epochs}{how}  best kNN monitor: {best}")
-    if result.verdict():
-        print(result.verdict())
+    verdict = result.verdict()
+    if verdict:
+        print(verdict)
     print(f"next: contrastkit evaluate {out}")
     return 0
