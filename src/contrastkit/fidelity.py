@@ -93,15 +93,11 @@ def kernel_distance(real: np.ndarray, fake: np.ndarray, subset: int = KID_SUBSET
     return float(np.mean(values))
 
 
-def _pairwise_distances(a: np.ndarray, b: np.ndarray, block: int = 2048) -> np.ndarray:
-    """(len(a), len(b)) Euclidean distances, in float64 blocks."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    bb = (b * b).sum(1)
-    out = np.empty((len(a), len(b)))
-    for s in range(0, len(a), block):
-        x = a[s:s + block]
-        out[s:s + block] = np.sqrt(np.clip((x * x).sum(1)[:, None] + bb[None] - 2 * x @ b.T, 0, None))
-    return out
+def _pairwise_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) Euclidean distances in float64 (scikit-learn's, as the prdc package uses)."""
+    from sklearn.metrics.pairwise import euclidean_distances
+
+    return euclidean_distances(np.asarray(a, np.float64), np.asarray(b, np.float64))
 
 
 def _kth_neighbour_radius(x: np.ndarray, k: int) -> np.ndarray:
