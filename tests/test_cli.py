@@ -25,6 +25,17 @@ def test_train_writes_run_folder_and_prints_where(trained_run, capsys):
     assert TrainConfig.load(trained_run / "config.json").epochs == 2
 
 
+def test_train_without_epochs_trains_for_the_steps_and_resumes_with_them(trained_copy, capsys):
+    """No --epochs: 600 images at batch 64 are 9 steps an epoch, so --steps 12 plans 2 epochs; config.json keeps
+    the 2, and --resume (which must not be told the length again) finds the run finished."""
+    run = trained_copy("by-steps", *[a for a in TRAIN_ARGS if a not in ("--epochs", "2")], "--steps", "12")
+    assert TrainConfig.load(run / "config.json").epochs == 2
+    assert len((run / "log.jsonl").read_text().splitlines()) == 2
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 0
+    assert "epochs: 2/2" in capsys.readouterr().out
+
+
 def test_embed_writes_npy_csv_meta(trained_run, fmnist_small, capsys):
     _, data = fmnist_small
     out = trained_run / "emb"

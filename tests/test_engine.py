@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contrastkit import engine
+from contrastkit.errors import CheckpointError
 from contrastkit.runtime import Runtime
 
 N, D, BATCH, EPOCHS = 64, 4, 8, 3  # 8 steps per epoch
@@ -188,6 +189,41 @@ def test_plan_checks_its_numbers():
         engine.Plan(epochs=1, lr=lambda s: 0.1, minutes=0)
     with pytest.raises(Exception, match="--epochs must be > 0"):
         engine.Plan(epochs=0, lr=lambda s: 0.1)
+
+
+class SometimesNothingToLearn(Regressor):
+    """The toy, except that on odd forwards the loss is a constant without gradient (nothing in the batch to learn)."""
+
+    forwards = 0
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        self.forwards += 1
+        if self.forwards % 2:
+            return torch.zeros(()), {"loss": 0.0}
+        return super().forward(x, y)
+
+
+def test_a_loss_without_gradient_takes_no_step_and_a_run_without_folder_writes_and_prints_nothing(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    model = SometimesNothingToLearn()
+    weights = [p.detach().clone() for p in model.parameters()]
+    steps: list[tuple[int, list[torch.Tensor]]] = []
+    model.after_step = lambda step, total: steps.append((step, [p.detach().clone() for p in model.parameters()]))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.5)  # decay alone would move them
+    plan = engine.Plan(epochs=2, lr=lambda step: 1e-2, checkpoint_minutes=1e-9)
+    capsys.readouterr()
+    result = engine.run(model, NoisyRows(), optimizer, plan, Runtime.create("cpu", "fp32", False), None,
+                        progress=False, report=False, monitor=ValidationMSE(model, NoisyRows()))
+    assert capsys.readouterr().err == "" and list(tmp_path.iterdir()) == []
+    assert [s for s, _ in steps] == list(range(1, 2 * NoisyRows.steps_per_epoch + 1))  # every step counts
+    for (step, after), (_, before) in zip(steps, [(0, weights)] + steps):
+        moved = any(not torch.equal(a, b) for a, b in zip(after, before))
+        assert moved == (step % 2 == 0), step  # odd forwards had no gradient: no step, not even weight decay
+    assert len(result.history) == 2 and "val_mse" in result.history[0]
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        engine.run(model, NoisyRows(), optimizer, plan, Runtime.create("cpu", "fp32", False), None, resume=True)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""SCAN (Van Gansbeke et al. 2020): the loss against Eq. 2, self-labelling's threshold, the loop, and clustering."""
+"""SCAN (Van Gansbeke et al. 2020): the loss against Eq. 2, self-labelling's threshold, the engine, and clustering."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from contrastkit.errors import ConfigError
 from contrastkit.scan import (
     ClusterHeads,
+    FeatureBatches,
     SCANLoss,
     ScanConfig,
     ScanTrainable,
@@ -21,7 +22,7 @@ from contrastkit.scan import (
     scan_cluster,
     scan_loss,
     self_label_loss,
-    train_loop,
+    train_heads,
 )
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
@@ -94,7 +95,7 @@ def test_scan_trainable_sums_the_heads_and_checks_its_weight():
     torch.manual_seed(0)
     heads = ClusterHeads(6, 3, heads=4)
     x, nb = torch.randn(10, 6), torch.randn(10, 6)
-    loss, logs = ScanTrainable(heads, 5.0)((x, nb))
+    loss, logs = ScanTrainable(heads, 5.0)(x, nb)
     with torch.no_grad():
         per_head = [float(scan_loss(heads(x)[h], heads(nb)[h], 5.0)[0]) for h in range(4)]
     assert float(loss.detach()) == pytest.approx(sum(per_head), rel=1e-5) and logs["loss"] == pytest.approx(np.mean(per_head), rel=1e-5)
@@ -132,14 +133,39 @@ def test_only_items_above_the_threshold_contribute():
         SelfLabelLoss(1.0)
 
 
-def test_loop_takes_no_step_without_confident_items():
+def test_self_labelling_takes_no_step_on_the_engine_without_confident_items():
     """A fresh head is far below 0.99 everywhere: no loss, so no step (weight decay must not shrink it)."""
     torch.manual_seed(0)
     head = torch.nn.Linear(5, 3)
     before = [p.detach().clone() for p in head.parameters()]
     x = torch.randn(40, 5) * 0.01
-    train_loop(SelfLabelTrainable(head, 0.99, 0.5), lambda _: [(x,)], epochs=3, lr=1e-2, weight_decay=0.1)
+    history = train_heads(SelfLabelTrainable(head, 0.99, 0.5), FeatureBatches(x, None, 20, seed=0, stream=1), epochs=3,
+                          lr=1e-2, weight_decay=0.1)
     assert all(torch.equal(a, b) for a, b in zip(before, head.parameters()))
+    assert [(h["epoch"], h["loss"], h["confident"]) for h in history] == [(1, 0.0, 0.0), (2, 0.0, 0.0), (3, 0.0, 0.0)]
+    # a confident head does learn on the same path: the step is skipped only for want of a gradient
+    with torch.no_grad():
+        head.weight.zero_()
+        head.weight[0, 0] = 1e4
+    train_heads(SelfLabelTrainable(head, 0.99, 0.5), FeatureBatches(x + 1, None, 20, seed=0, stream=1), epochs=1,
+                lr=1e-2, weight_decay=0.1)
+    assert not torch.equal(before[1], head.bias)
+
+
+def test_feature_batches_are_a_pure_function_of_seed_epoch_and_step():
+    """Each epoch draws its own neighbour of every item and its own order; resuming at a step gives the same rest."""
+    x = torch.arange(10.0)[:, None].repeat(1, 2)  # row i is (i, i)
+    nbr = torch.stack([(torch.arange(10) + j) % 10 for j in (1, 2, 3)], 1)  # (10, 3): the next three items
+    src = FeatureBatches(x, nbr, 4, seed=5, stream=0)
+    assert (src.steps_per_epoch, src.items_per_step) == (2, 4)  # the last partial batch is dropped
+    epoch1 = [tuple(t.clone() for t in b) for b in src.epoch(1, 0, None)]
+    for anchors, neighbours in epoch1:
+        assert torch.isin((neighbours[:, 0] - anchors[:, 0]) % 10, torch.tensor([1.0, 2.0, 3.0])).all()
+    again = list(FeatureBatches(x, nbr, 4, seed=5, stream=0).epoch(1, 1, None))
+    assert len(again) == 1 and all(torch.equal(a, b) for a, b in zip(again[0], epoch1[1]))
+    other = [b[0] for b in src.epoch(2, 0, None)]
+    assert not all(torch.equal(a, b[0]) for a, b in zip(other, epoch1))
+    assert len(next(iter(FeatureBatches(x, None, 64, seed=5, stream=1).epoch(0, 0, None)))) == 1  # (items,), all 10
 
 
 # ----------------------------------------------------------------------------- neighbours and clustering

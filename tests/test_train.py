@@ -297,7 +297,7 @@ def test_compile_trains_the_same_network_with_the_same_checkpoint_keys(fmnist_sm
     features and gradients, and a compiled fit keeps the checkpoint keys and the loss of the eager fit.
 
     Weights after an epoch are not compared one by one: AdamW turns rounding-level gradient differences
-    near zero into full-size steps of either sign."""
+    near zero into full-size steps of either sign, which is also why the fits train at a tiny learning rate."""
     import copy
 
     _, data = fmnist_small
@@ -312,7 +312,35 @@ def test_compile_trains_the_same_network_with_the_same_checkpoint_keys(fmnist_sm
     for (name, p), q in zip(eager_model.named_parameters(), compiled_model.parameters()):
         assert torch.allclose(p.grad, q.grad, rtol=1e-3, atol=1e-5), name
 
-    eager_run, eager = _train(data, tmp_path / "eager", **small)
-    compiled_run, compiled = _train(data, tmp_path / "compiled", compile=True, **small)
+    # A learning rate too small to move the weights much: the fits then see the same network all epoch, so their
+    # losses must agree closely (at the default rate they drifted 2.7% apart after one epoch on an AMX CPU).
+    eager_run, eager = _train(data, tmp_path / "eager", lr=1e-6, **small)
+    compiled_run, compiled = _train(data, tmp_path / "compiled", compile=True, lr=1e-6, **small)
     assert _weights(eager_run).keys() == _weights(compiled_run).keys()
-    assert compiled.history[0]["loss"] == pytest.approx(eager.history[0]["loss"], rel=0.01)
+    assert compiled.history[0]["loss"] == pytest.approx(eager.history[0]["loss"], rel=2e-3)
+
+
+def test_omitted_epochs_come_from_the_steps(fmnist_small):
+    """--epochs omitted: the fewest whole epochs that make --steps optimiser steps, over the rows fit trains on."""
+    import dataclasses
+
+    from contrastkit.train import resolve_epochs
+
+    _, data = fmnist_small  # 600 training images; the validation slice is a tenth of them (60)
+    given = TrainConfig(**TINY)
+    assert resolve_epochs(given, data.train) is given
+    config = TrainConfig(**{**TINY, "epochs": None, "steps": 17})
+    assert resolve_epochs(config, data.train).epochs == 2  # 600 // 64 = 9 steps per epoch, ceil(17 / 9) = 2
+    supcon = dataclasses.replace(config, method="supcon")  # trains without the validation slice: 540 // 64 = 8
+    assert resolve_epochs(supcon, data.train).epochs == 3  # ceil(17 / 8) = 3
+    assert resolve_epochs(dataclasses.replace(config, steps=1), data.train).epochs == 1
+    with pytest.raises(ConfigError, match="--steps must be > 0"):
+        TrainConfig(steps=0)
+
+
+def test_dino_teacher_warmup_needs_the_length_in_epochs():
+    config = TrainConfig(method="dino", epochs=None, dino_warmup_teacher_temp_epochs=1.0)
+    with pytest.raises(ConfigError, match="--dino-warmup-teacher-temp-epochs needs the run's length in epochs"):
+        build_method(config, 1)
+    assert build_method(TrainConfig(method="dino", epochs=4, dino_warmup_teacher_temp_epochs=1.0), 1).warms_up
+    assert not build_method(TrainConfig(method="dino", epochs=None), 1).warms_up

@@ -22,6 +22,7 @@ METHOD_NAMES = ("simclr", "pairwise", "supcon", "supervised", "barlowtwins", "vi
 OPTIMIZER_NAMES = ("adamw", "lars")
 DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
 PRECISION_NAMES = ("auto", "bf16", "fp16", "fp32")
+BALANCE_NAMES = ("none", "clusters")
 
 
 # Fields that say how a run executes, not what it learns: a resumed run may change them.
@@ -48,6 +49,9 @@ class TrainConfig:
     erase_p: float | None = _field(None, "probability of random erasing in each view (a rectangle of 0.02-0.33 of the view's area set to the mean, torchvision's RandomErasing), in [0, 1]; omitted = the recipe's default: 0.5 for grayscale images, 0 for RGB")
     skip_bad: bool = _field(False, "image folders: leave out image files that cannot be decoded (empty, not an image, corrupt or truncated) and say how many on stderr; off = stop with one error listing them")
     workers: int | None = _field(None, "data-loading worker processes that decode the next batches while the model trains (>= 0; 0 = decode in the training process); omitted = 0 for data held in memory, min(4, CPU cores - 1) but at least 1 for image folders too large for memory, which stream from disk. Under torchrun each process starts its own (auto counts its share of the cores). Does not change the results")
+    balance: str = _field("none", "rebalance long-tailed training data without labels: none (each epoch shows every image once) or clusters (each epoch draws as many images, with replacement, with weights inverse to the size of the image's k-means cluster in the current embedding, so every cluster is drawn about equally often: the idea of BCL, arXiv 2205.12693, and SDCLR, arXiv 2106.02990). Costs an embedding of the training images and a k-means every --balance-every epochs; BENCHMARKS.md 'Imbalanced data' has what it measured")
+    balance_clusters: int = _field(10, "--balance clusters: k-means clusters K of the embedding (2 <= K <= training images); use at least the number of kinds of image you expect, more splits a large kind into several clusters (it is then drawn more)")
+    balance_every: int = _field(2, "--balance clusters: epochs between two refreshes of the clusters (>= 1), the first at the start of training (on the untrained network's features)")
 
     # --- model ---
     method: str = _field("simclr", "training method: simclr (NT-Xent), pairwise (margin contrastive loss), supcon (needs labels), supervised (baseline, needs labels), barlowtwins (cross-correlation to identity), vicreg (variance-invariance-covariance), simsiam (predictor + stop-gradient), byol (predictor + EMA target), moco (MoCo v2: momentum key encoder + queue of negatives), nnclr (nearest neighbour from a support queue as positive), dino (self-distillation to an EMA teacher with centring, sharpening and multi-crop)")
@@ -76,7 +80,8 @@ class TrainConfig:
     queue_size: int = _field(4096, "moco: negative keys in the queue; nnclr: projections in the support set (> 0). Papers use 65536 (MoCo) and 98304 (NNCLR) on ImageNet; keep it well below the number of training images, 4096 suits Fashion-MNIST / CIFAR")
 
     # --- optimisation ---
-    epochs: int = _field(30, "passes over the training split")
+    epochs: int | None = _field(None, "passes over the training split; omitted = as many as make --steps optimiser steps (at least 1), so a small data set gets more passes and a large one fewer (a fixed 30 epochs was 300 steps on 1 500 images: worse than raw pixels; see BENCHMARKS.md, 'How long a default run trains')")
+    steps: int = _field(2000, "optimiser steps of a run whose --epochs is omitted (> 0), rounded up to whole epochs; ignored when --epochs is given. 2000 steps at batch 128 are 5 epochs of Fashion-MNIST's 60 000 images (about 5 minutes on 2 CPU cores) and 286 of 1 000 images")
     minutes: float | None = _field(None, "wall-clock budget of the whole run in minutes (> 0): training stops after the first step past it, with a checkpoint and the log record marked stopped_on_time. The schedule is still planned over --epochs (choose them so the run fits); a resumed run counts the time already spent, and a larger --minutes on --resume trains on. Omitted = no budget")
     batch_size: int = _field(128, "images per step (each gives 2 views); larger batches give NT-Xent more negatives but fewer steps per epoch. Under torchrun this is the global batch, split evenly over the processes (must be divisible by their number), and losses see the whole global batch")
     optimizer: str = _field("adamw", "adamw (robust at small batches) or lars (SimCLR's choice for large batches)")
@@ -104,7 +109,9 @@ class TrainConfig:
         _check_choice("distance", self.distance, DISTANCE_NAMES)
         _check_choice("device", self.device, DEVICE_NAMES)
         _check_choice("precision", self.precision, PRECISION_NAMES)
-        _check_positive("epochs", self.epochs)
+        if self.epochs is not None:
+            _check_positive("epochs", self.epochs)
+        _check_positive("steps", self.steps)
         _check_positive("proj_hidden_dim", self.proj_hidden_dim)
         _check_positive("proj_dim", self.proj_dim)
         _check_positive("pred_hidden_dim", self.pred_hidden_dim)
@@ -153,6 +160,11 @@ class TrainConfig:
             raise ConfigError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"--workers must be >= 0 (0 = decode in the training process), got {self.workers}")
+        _check_choice("balance", self.balance, BALANCE_NAMES)
+        if self.balance_clusters < 2:
+            raise ConfigError(f"--balance-clusters must be >= 2 (k-means clusters), got {self.balance_clusters}")
+        if self.balance_every < 1:
+            raise ConfigError(f"--balance-every must be >= 1 (epochs between refreshes), got {self.balance_every}")
         if self.backbone_width is not None:
             _check_positive("backbone_width", self.backbone_width)
             if self.backbone != "small_cnn":

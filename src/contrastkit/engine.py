@@ -6,18 +6,24 @@ The engine knows nothing of images or contrastive learning. It is handed
   ``(loss, logs)`` (``logs["loss"]``, when present, is the float logged), with
   an optional ``after_step(step, total_steps)`` hook (EMA targets, queues) and
   optional ``extra_state()`` / ``load_extra_state(state)`` for checkpoint state
-  outside its ``state_dict``;
+  outside its ``state_dict``; a batch whose loss has no gradient (nothing in
+  it to learn from) takes no optimiser step, but counts as a step (schedule,
+  ``after_step``, the epoch's mean loss); under torchrun every rank skips it
+  when any rank's loss has none;
 * a **batch source** (:class:`BatchSource`) whose batches are a pure function
   of (seed, epoch, step): ``epoch(e, start_step, state)`` gives the batches of
   epoch ``e`` from ``start_step`` on, and ``state()`` the one piece of hidden
   state (a tensor: an RNG's state) that a checkpoint inside an epoch must keep;
+  a source whose batches also depend on state it computes as it goes (the
+  sampling weights of :mod:`contrastkit.balance`) has optional
+  ``extra_state()`` / ``load_extra_state(state)``, kept in every checkpoint;
 * an optimiser and a :class:`Plan`: epochs, the learning rate as a pure
   function of the step, the checkpoint interval and the wall-clock budget;
 
 and owns the rest: precision (autocast, fp16 gradient scaling), progress with
 an ETA, the NaN/inf stop, atomic checkpoints at epoch ends and every
 ``checkpoint_minutes`` inside an epoch, exact resume (weights, optimiser,
-scaler, RNG, counters and the source's state), epoch-end monitors, the best
+scaler, RNG, counters and the source's states), epoch-end monitors, the best
 checkpoint and early stopping (:class:`Selection`), ``log.jsonl``, the budget,
 and DistributedDataParallel under torchrun (rank 0 decides, shows progress and
 writes files; every rank returns the same history).
@@ -34,6 +40,11 @@ takes no step, and resuming with a larger one trains for the difference.
 (A run killed between checkpoints loses the uncounted time since the last
 one: at most ``checkpoint_minutes`` per kill.) The schedule is still planned
 over ``epochs``: the budget only caps it, it never changes what a step does.
+
+A short fit inside another command (SCAN's heads in ``contrastkit label``)
+passes ``run_dir=None``: nothing is written (no checkpoint, no ``log.jsonl``,
+no resume), and ``report=False``: no epoch lines (``progress`` still shows the
+bar when asked).
 """
 
 from __future__ import annotations
@@ -83,6 +94,9 @@ class BatchSource(Protocol):
     def epoch(self, epoch: int, start_step: int, state: torch.Tensor | None) -> EpochBatches:
         """Epoch ``epoch``'s batches from ``start_step`` on; ``state`` is a checkpoint's (None: the epoch's start)."""
         ...
+
+    # Optional, like a trainable's: extra_state() -> dict of plain values and tensors kept in every checkpoint
+    # ("source_state"), load_extra_state(state) restores it on resume before the first epoch() call.
 
 
 class Monitor(Protocol):
@@ -188,8 +202,9 @@ def agree(loss: torch.Tensor, logged: float, flags: tuple[bool, ...], world: int
         The loss to log and check, averaged over ranks (the global-batch loss:
         equal on every rank for gathered losses, the mean of the ranks' means
         for per-image ones), so a NaN on any rank stops them all together; and
-        each flag raised on any rank (rank 0's clock alone raises them: a
-        checkpoint is due, the budget ran out).
+        each flag raised on any rank (rank 0's clock raises the first two: a
+        checkpoint is due, the budget ran out; any rank's loss without
+        gradient the third).
     """
     if world == 1:
         return (logged if bool(torch.isfinite(loss)) else float(loss.detach())), flags
@@ -256,10 +271,11 @@ def run(
     optimizer: torch.optim.Optimizer,
     plan: Plan,
     runtime: Runtime,
-    run_dir: Path,
+    run_dir: Path | None,
     *,
     resume: bool = False,
     progress: bool = True,
+    report: bool = True,
     monitor: Monitor | None = None,
     selection: Selection | None = None,
     meta: dict[str, Any] | None = None,
@@ -281,9 +297,10 @@ def run(
         optimizer: the optimiser; its learning rate is set every step from ``plan.lr``.
         plan: epochs, schedule, checkpoint interval and budget.
         runtime: device, precision and memory format.
-        run_dir: the run folder; it must not hold a run unless ``resume``.
+        run_dir: the run folder; it must not hold a run unless ``resume``. None: write no file at all.
         resume: continue from ``run_dir/checkpoints/last.pt``.
         progress: show a progress bar on stderr (rank 0).
+        report: print the epoch lines, the expected-time line and the stop messages on stderr (rank 0).
         monitor: measured on rank 0 at every epoch end (and when the budget cuts an epoch short).
         selection: the monitor value that picks ``best.pt`` and stops early; without it every epoch is "best".
         meta: plain values saved in every checkpoint (``last.pt`` and ``best.pt``), e.g. the config.
@@ -300,9 +317,11 @@ def run(
     """
     world, rank = distributed.world_size(), distributed.rank()
     main = rank == 0
-    ckpt_dir = run_dir / "checkpoints"
+    if run_dir is None and resume:
+        raise CheckpointError("nothing to resume: a run without a folder keeps no checkpoint")
+    ckpt_dir = (run_dir or Path()) / "checkpoints"  # unused when run_dir is None
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
-    if not resume and last_path.exists():
+    if not resume and run_dir is not None and last_path.exists():
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     meta = dict(meta or {})
     scaler = torch.amp.GradScaler(enabled=runtime.dtype == torch.float16)
@@ -330,9 +349,12 @@ def run(
         c.elapsed_s = float(state.get("elapsed_s", 0.0))
         if "trainable_state" in state and hasattr(trainable, "load_extra_state"):
             trainable.load_extra_state(state["trainable_state"])
+        if "source_state" in state and hasattr(source, "load_extra_state"):
+            source.load_extra_state(state["source_state"])
         set_rng_state(state["rng"])
     elif main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
         if on_new_run is not None:
             on_new_run()
     model = _wrap(trainable, runtime)
@@ -345,6 +367,8 @@ def run(
 
     def checkpoint(batches: EpochBatches | None) -> None:
         """Write last.pt from rank 0; inside an epoch every rank must call it (its source state is gathered)."""
+        if run_dir is None:
+            return
         src = batches.state() if batches is not None else torch.zeros(0, dtype=torch.uint8)
         per_rank: dict[str, torch.Tensor] = {}
         if world > 1 and batches is not None:
@@ -352,6 +376,8 @@ def run(
         if not main:
             return
         extra = {"trainable_state": trainable.extra_state()} if hasattr(trainable, "extra_state") else {}
+        if hasattr(source, "extra_state"):
+            extra["source_state"] = source.extra_state()
         save(last_path, {
             **meta, "model": trainable.state_dict(), "epoch": c.epoch, "step_in_epoch": c.step_in_epoch,
             source.state_key: src, "world_size": world, **per_rank,
@@ -394,18 +420,18 @@ def run(
                 now = clock()
                 want_save = main and now - last_save > plan.checkpoint_minutes * 60 and step + 1 < steps_per_epoch
                 want_stop = main and budget_s is not None and c.elapsed_s + (now - t_start) >= budget_s
-                step_loss, (save_now, out_of_time) = agree(
-                    loss, logs.get("loss", float(loss.detach())), (want_save, want_stop), world)
+                step_loss, (save_now, out_of_time, skip) = agree(  # skip: a loss without gradient on some rank
+                    loss, logs.get("loss", float(loss.detach())), (want_save, want_stop, not loss.requires_grad), world)
                 if not math.isfinite(step_loss):
                     bar.close()
-                    raise TrainingError(
-                        f"the loss became {step_loss} at epoch {epoch + 1}, step {step + 1}; stopped. "
-                        f"The last good checkpoint ({last_path}) is intact. Try a lower --lr, or --precision fp32."
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+                    kept = f"The last good checkpoint ({last_path}) is intact. " if run_dir is not None else ""
+                    raise TrainingError(f"the loss became {step_loss} at epoch {epoch + 1}, step {step + 1}; "
+                                        f"stopped. {kept}Try a lower --lr, or --precision fp32.")
+                if not skip:
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
                 if after_step is not None:
                     after_step(global_step + 1, total_steps)  # momentum encoders, queues
                 c.loss_sum += step_loss * batch
@@ -419,7 +445,7 @@ def run(
                 steps_run += 1
                 if steps_run == 1:
                     t_first_step = time.perf_counter()
-                elif steps_run == ESTIMATE_AFTER_STEPS + 1 and main:
+                elif steps_run == ESTIMATE_AFTER_STEPS + 1 and main and report:
                     per_step = (time.perf_counter() - t_first_step) / ESTIMATE_AFTER_STEPS
                     left = budget_s - elapsed() if budget_s is not None else None
                     tqdm.write(expected_time_line(per_step, total_steps - global_step - 1, plan.epochs - epoch,
@@ -444,7 +470,7 @@ def run(
         }
         if cut:  # the budget ran out inside the epoch: the state stays mid-epoch, the record is provisional
             partial = {**record, "steps": c.step_in_epoch, "stopped_on_time": True}
-            if main:
+            if main and report:
                 _report(record, epoch, plan, monitor, partial=True)
             break
         c.loss_sum, c.loss_count, c.step_in_epoch = 0.0, 0, 0
@@ -461,28 +487,31 @@ def run(
             record["stopped_on_time"] = True
         c.history.append(record)
         c.epoch = epoch + 1
-        if improved and main:
+        if improved and main and run_dir is not None:
             save(best_path, {**meta, "model": trainable.state_dict(), "epoch": c.epoch,
                              **({selection.metric: score} if selection is not None else {})})
         checkpoint(None)
         last_save = clock()
         if not main:
             continue
-        write_log(run_dir, c.history)
-        _report(record, epoch, plan, monitor)
-        if c.stopped_early:
+        if run_dir is not None:
+            write_log(run_dir, c.history)
+        if report:
+            _report(record, epoch, plan, monitor)
+        if c.stopped_early and report:
             best = selection.fmt.format(c.best) if selection is not None else ""
             tqdm.write(f"early stop: no {selection.label or selection.metric} improvement for {selection.patience} "
                        f"epochs (best {best})", file=sys.stderr)
     bar.close()
     history = c.history + ([partial] if partial is not None else [])
-    if partial is not None and main:
+    if partial is not None and main and run_dir is not None:
         write_log(run_dir, history)
     stopped_on_time = out_of_time and c.epoch < plan.epochs and not c.stopped_early
-    if stopped_on_time and main and not done:
+    if stopped_on_time and main and not done and report:
         tqdm.write(f"time budget: stopped after {elapsed() / 60:.2f} of {plan.minutes:g} minutes at epoch "
-                   f"{c.epoch + (1 if partial else 0)}/{plan.epochs}, step {c.step_in_epoch or steps_per_epoch}; "
-                   f"{last_path} resumes it (with a larger --minutes to train on)", file=sys.stderr)
+                   f"{c.epoch + (1 if partial else 0)}/{plan.epochs}, step {c.step_in_epoch or steps_per_epoch}"
+                   + (f"; {last_path} resumes it (with a larger --minutes to train on)" if run_dir is not None else ""),
+                   file=sys.stderr)
     distributed.barrier()  # the other ranks return once rank 0 has written the run folder
     return RunResult(history=history, best=c.best, stopped_early=c.stopped_early,
                      stopped_on_time=stopped_on_time, elapsed_s=elapsed())

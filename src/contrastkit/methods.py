@@ -476,7 +476,10 @@ class DINO(Method):
         self.teacher_head = _frozen_copy(self.head)
         self.base_momentum = config.momentum
         self.loss = DINOLoss(config.dino_out_dim, config.dino_student_temp, config.dino_teacher_temp, config.dino_center_momentum)
-        self.warmup_epochs_fraction = config.dino_warmup_teacher_temp_epochs / config.epochs
+        if config.dino_warmup_teacher_temp_epochs > 0 and config.epochs is None:
+            raise ConfigError("--dino-warmup-teacher-temp-epochs needs the run's length in epochs: build the method from "
+                              "contrastkit.train.resolve_epochs(config, data.train), as `contrastkit train` does, or give --epochs")
+        self.warmup_epochs_fraction = config.dino_warmup_teacher_temp_epochs / config.epochs if config.epochs else 0.0
         self.temp_start, self.temp_end = config.dino_warmup_teacher_temp, config.dino_teacher_temp
         self.warms_up = self.warmup_epochs_fraction > 0
         if self.warms_up:

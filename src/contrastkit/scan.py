@@ -22,24 +22,27 @@ dropout on the input features (:data:`SELFLABEL_FEATURE_DROPOUT`), the weak
 view by the clean features, as the paper takes its targets from the weak view.
 
 The trainables (:class:`ScanTrainable`, :class:`SelfLabelTrainable`) turn a
-batch into a loss and know nothing of the loop; :func:`train_loop` is a small
-seeded loop over feature batches, kept apart so that it can move onto a
-shared training engine.
+batch into a loss and know nothing of the loop: both phases train on the
+training engine (:func:`contrastkit.engine.run`, through :func:`train_heads`),
+with :class:`FeatureBatches` as their batch source, a pure function of
+(seed, epoch, step). They write no file: SCAN is one step of
+``contrastkit label``, which never resumes it.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contrastkit import engine
 from contrastkit.errors import ConfigError
 from contrastkit.vectors import exact_search, normalise
-from contrastkit.runtime import torch_threads
+from contrastkit.runtime import Runtime, torch_threads
 
 EPS = 1e-8  # probabilities are clamped to this before a log (the official SCAN code's value)
 SELFLABEL_THRESHOLD = 0.99  # pseudo-label only items whose max cluster probability exceeds this (paper: 0.99)
@@ -228,8 +231,7 @@ class ScanTrainable(nn.Module):
         self.heads = heads
         self.loss = SCANLoss(entropy_weight)
 
-    def forward(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        anchors, neighbours = batch
+    def forward(self, anchors: torch.Tensor, neighbours: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         total, consistency, entropy = self.loss(self.heads(anchors), self.heads(neighbours))  # (H,) each
         # the heads train independently: the gradients of the sum are each head's own
         return total.sum(), {"loss": float(total.detach().mean()), "consistency": float(consistency.detach().mean()),
@@ -237,7 +239,10 @@ class ScanTrainable(nn.Module):
 
 
 class SelfLabelTrainable(nn.Module):
-    """Turns a batch ``(items (B, D),)`` into the self-labelling loss of one head (weak: clean, strong: dropout)."""
+    """Turns a batch ``(items (B, D),)`` into the self-labelling loss of one head (weak: clean, strong: dropout).
+
+    With no confident item the loss has no gradient, and the engine takes no step on that batch.
+    """
 
     def __init__(self, head: nn.Module, threshold: float, feature_dropout: float) -> None:
         super().__init__()
@@ -245,8 +250,7 @@ class SelfLabelTrainable(nn.Module):
         self.loss = SelfLabelLoss(threshold)
         self.feature_dropout = feature_dropout
 
-    def forward(self, batch: tuple[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        (x,) = batch
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         with torch.no_grad():
             weak = self.head(x)  # (B, K)
         strong = self.head(F.dropout(x, self.feature_dropout, training=True))  # (B, K)
@@ -254,48 +258,112 @@ class SelfLabelTrainable(nn.Module):
         return loss, {"loss": float(loss.detach()), "confident": float(mask.float().mean())}
 
 
-# ----------------------------------------------------------------------------- loop
+# ----------------------------------------------------------------------------- on the engine
 
 
-def train_loop(trainable: nn.Module, batches: Callable[[int], Iterable[tuple[torch.Tensor, ...]]], epochs: int,
-               lr: float, weight_decay: float, progress: bool = False, desc: str = "") -> list[dict[str, float]]:
-    """Adam over ``epochs`` passes of ``batches(epoch)``; the mean of each logged value per epoch.
+def epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    """The seed of one epoch's draws (stream 0: SCAN, 1: self-labelling), a pure function of its arguments."""
+    return (seed * 1_000_003 + epoch * 7919 + stream) % (2**63)
+
+
+class _FeatureEpoch:
+    """One epoch of :class:`FeatureBatches`; every draw is made at its start, so it has no state to keep."""
+
+    def __init__(self, source: "FeatureBatches", order: torch.Tensor, pick: torch.Tensor | None, start: int) -> None:
+        self.source, self.order, self.pick, self.start = source, order, pick, start
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        s, b = self.source, self.source.items_per_step
+        for step in range(self.start, s.steps_per_epoch):
+            idx = self.order[step * b : (step + 1) * b]  # (B,)
+            yield (s.x[idx], s.x[self.pick[idx]]) if self.pick is not None else (s.x[idx],)  # (B, D) each
+
+    def state(self) -> torch.Tensor:
+        return torch.zeros(0, dtype=torch.uint8)
+
+    def close(self) -> None:
+        pass
+
+
+class FeatureBatches:
+    """The engine's batch source of both phases: ``(items, one neighbour of each)`` or ``(items,)`` per step.
+
+    A pure function of (seed, epoch, step): each epoch draws, from a CPU
+    generator seeded by :func:`epoch_seed`, one of its mined neighbours for
+    every item (with ``neighbours``; the official code samples one per item)
+    and then the order of the items. Batches hold ``min(batch_size, N)``
+    items; a last partial batch is dropped (never the only one).
+
+    Args:
+        x: (N, D) features, on the device the heads train on.
+        neighbours: (N, k) neighbour ids on the same device, or None.
+        batch_size: items per step.
+        seed: the run's seed.
+        stream: 0 for SCAN, 1 for self-labelling (their epochs draw differently).
+    """
+
+    state_key = "feature_rng"  # empty: nothing is drawn inside an epoch
+
+    def __init__(self, x: torch.Tensor, neighbours: torch.Tensor | None, batch_size: int, seed: int,
+                 stream: int) -> None:
+        self.x, self.neighbours, self.seed, self.stream = x, neighbours, seed, stream
+        self.items_per_step = min(batch_size, len(x))
+        self.steps_per_epoch = len(x) // self.items_per_step
+
+    def epoch(self, epoch: int, start_step: int, state: torch.Tensor | None) -> _FeatureEpoch:
+        n, dev = len(self.x), self.x.device
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, self.stream))
+        pick = None
+        if self.neighbours is not None:
+            column = torch.randint(self.neighbours.shape[1], (n,), generator=g).to(dev)
+            pick = self.neighbours[torch.arange(n, device=dev), column]  # (N,) one neighbour of each item
+        return _FeatureEpoch(self, torch.randperm(n, generator=g).to(dev), pick, start_step)
+
+
+class _EpochMeans(nn.Module):
+    """A trainable that also keeps the epoch mean of each of its logs: the engine's monitor of it."""
+
+    def __init__(self, trainable: nn.Module) -> None:
+        super().__init__()
+        self.trainable = trainable
+        self.sums: dict[str, float] = {}
+        self.steps = 0
+
+    def forward(self, *batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, logs = self.trainable(*batch)
+        for key, v in logs.items():
+            self.sums[key] = self.sums.get(key, 0.0) + v
+        self.steps += 1
+        return loss, logs
+
+    def measure(self) -> dict[str, Any]:
+        means = {key: v / max(self.steps, 1) for key, v in self.sums.items() if key != "loss"}  # the engine's own
+        self.sums, self.steps = {}, 0
+        return means
+
+    def summary(self, record: dict[str, Any]) -> str:
+        return ""
+
+
+def train_heads(trainable: nn.Module, source: FeatureBatches, epochs: int, lr: float, weight_decay: float,
+                progress: bool = False) -> list[dict[str, Any]]:
+    """Adam at a constant ``lr`` over ``epochs`` epochs of ``source`` on the engine; its epoch records.
 
     Weight matrices get the L2 ``weight_decay`` (Adam's, as SCAN's code),
     biases none. A batch whose loss has no gradient (self-labelling with no
-    confident item) takes no step. Deterministic given the torch seed and
-    the batches.
+    confident item) takes no step. Nothing is written and no epoch line is
+    printed (``progress``: the engine's bar). Each record holds the epoch
+    mean of every value the trainable logs. Deterministic given the torch
+    seed (the dropout) and the source.
     """
-    from tqdm import tqdm
-
+    logged = _EpochMeans(trainable)
     params = [p for p in trainable.parameters() if p.requires_grad]
     opt = torch.optim.Adam([{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
                             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=lr)
-    history = []
-    bar = tqdm(range(epochs), desc=desc, disable=True if not progress else None, leave=False)
-    for epoch in bar:
-        sums: dict[str, float] = {}
-        steps = 0
-        for batch in batches(epoch):
-            loss, logs = trainable(batch)
-            if loss.requires_grad:
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            for key, v in logs.items():
-                sums[key] = sums.get(key, 0.0) + v
-            steps += 1
-        history.append({"epoch": epoch + 1, **{key: v / max(steps, 1) for key, v in sums.items()}})
-        bar.set_postfix(loss=f"{history[-1].get('loss', float('nan')):.4f}")
-    return history
-
-
-def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Shuffled index batches of ``min(batch_size, n)``; a last partial batch is dropped (never the only one)."""
-    size = min(batch_size, n)
-    order = torch.randperm(n, generator=generator)
-    for start in range(0, n - size + 1, size):
-        yield order[start : start + size]
+    runtime = Runtime(device=source.x.device, dtype=None, channels_last=False)
+    plan = engine.Plan(epochs=epochs, lr=lambda step: lr)
+    result = engine.run(logged, source, opt, plan, runtime, None, progress=progress, report=False, monitor=logged)
+    return result.history
 
 
 # ----------------------------------------------------------------------------- SCAN end to end
@@ -358,7 +426,7 @@ def scan_cluster(features: np.ndarray, k: int, config: ScanConfig = ScanConfig()
         k: clusters, 2 <= k <= N (k above the number of classes over-clusters).
         config: hyper-parameters (:class:`ScanConfig`).
         seed: seeds the heads, the neighbour sampling, the batches and the dropout.
-        progress: show a progress bar per step.
+        progress: show the engine's progress bar (no epoch lines).
         device: where the heads train.
     """
     config.check()
@@ -374,31 +442,20 @@ def scan_cluster(features: np.ndarray, k: int, config: ScanConfig = ScanConfig()
     nbr = torch.from_numpy(neighbours_np).to(device)
     with torch.random.fork_rng(devices=[]), torch_threads(1):
         torch.manual_seed(seed)
-        g = torch.Generator().manual_seed(seed)
         heads = ClusterHeads(x.shape[1], k, config.heads, config.hidden).to(device)
-
-        def scan_batches(_: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            pick = nbr[torch.arange(n, device=device), torch.randint(nbr.shape[1], (n,), generator=g).to(device)]
-            for idx in _batches(n, config.batch_size, g):
-                yield x[idx.to(device)], x[pick[idx.to(device)]]
-
-        steps_per_epoch = n // min(config.batch_size, n)
-        epochs = max(config.epochs, -(-config.min_steps // steps_per_epoch))
-        history = train_loop(ScanTrainable(heads, config.entropy_weight), scan_batches, epochs, config.lr,
-                             config.weight_decay, progress, "SCAN")
+        source = FeatureBatches(x, nbr, config.batch_size, seed, stream=0)
+        epochs = max(config.epochs, -(-config.min_steps // source.steps_per_epoch))
+        history = train_heads(ScanTrainable(heads, config.entropy_weight), source, epochs, config.lr,
+                              config.weight_decay, progress)
         losses = full_scan_losses(heads, x, nbr, config.entropy_weight)
         best = int(np.argmin(losses))
         head = heads.head(best)
         with torch.no_grad():
             before = float((F.softmax(head(x), -1).max(-1).values > config.threshold).float().mean())
-
-        def label_batches(_: int) -> Iterator[tuple[torch.Tensor]]:
-            for idx in _batches(n, config.selflabel_batch_size, g):
-                yield (x[idx.to(device)],)
-
-        history += train_loop(SelfLabelTrainable(head, config.threshold, config.feature_dropout), label_batches,
-                              config.selflabel_epochs if before > 0 else 0, config.selflabel_lr, config.weight_decay,
-                              progress, "self-labelling")
+        if config.selflabel_epochs and before > 0:
+            history += train_heads(SelfLabelTrainable(head, config.threshold, config.feature_dropout),
+                                   FeatureBatches(x, None, config.selflabel_batch_size, seed, stream=1),
+                                   config.selflabel_epochs, config.selflabel_lr, config.weight_decay, progress)
         with torch.no_grad():
             proba = F.softmax(head(x), -1).double().cpu().numpy()  # (N, k)
     conf = proba.max(1)

@@ -9,8 +9,10 @@ stops early. The engine runs the loop: mixed precision, progress, atomic
 checkpoints, exact resume, the ``--minutes`` budget and DDP.
 
 Reproducibility and resume: the shuffling order of epoch ``e`` and the
-augmentation generator's starting state are pure functions of ``(seed, e)``,
-and the learning rate a pure function of the step. A checkpoint inside an
+augmentation generator's starting state are pure functions of ``(seed, e)``
+(with ``--balance clusters`` the order also of the epoch's sampling weights,
+which every checkpoint keeps; see :mod:`contrastkit.balance`), and the
+learning rate a pure function of the step. A checkpoint inside an
 epoch stores the step reached and the augmentation generator's state, so a
 run killed at any moment and resumed from ``last.pt`` takes exactly the steps
 an uninterrupted run would have taken and ends with the same weights.
@@ -60,6 +62,7 @@ from tqdm import tqdm
 
 from contrastkit import distributed, engine
 from contrastkit.augment import AugmentConfig, ViewAugment, channel_stats, default_recipe
+from contrastkit.balance import ClusterBalance
 from contrastkit.checkpoint import SCHEMA, load_checkpoint
 from contrastkit.config import RESUMABLE_FIELDS, TrainConfig
 from contrastkit.data.dataset import DataSplits, ImageDataset
@@ -67,7 +70,7 @@ from contrastkit.data.streaming import IndexBatches, prefetch, resolve_workers
 from contrastkit.embedding import compute_embeddings
 from contrastkit.errors import ConfigError
 from contrastkit.knn import knn_accuracy
-from contrastkit.methods import Method
+from contrastkit.methods import METHODS, Method
 from contrastkit.optim import build_optimizer, lr_at
 from contrastkit.runlock import rank0_lock
 from contrastkit.runtime import Runtime
@@ -103,9 +106,19 @@ def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + stream) % (2**63)
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The shuffled item order of one epoch: a pure function of (seed, epoch), the same on every rank."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch, 1)))
+def epoch_order(n: int, seed: int, epoch: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The item order of one epoch: a pure function of (seed, epoch, weights), the same on every rank.
+
+    Without ``weights``: a permutation of the ``n`` items. With (N,) sampling
+    ``weights`` (``--balance``, :mod:`contrastkit.balance`): ``n`` items drawn
+    with replacement in proportion to them, from the same seeded generator.
+    """
+    g = torch.Generator().manual_seed(_epoch_seed(seed, epoch, 1))
+    if weights is None:
+        return torch.randperm(n, generator=g)
+    if weights.shape != (n,):
+        raise ValueError(f"epoch_order: {tuple(weights.shape)} weights for {n} items")
+    return torch.multinomial(weights, n, replacement=True, generator=g)
 
 
 def augment_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -198,6 +211,24 @@ def effective_rank(features: torch.Tensor) -> float:
     p = s / s.sum().clamp_min(1e-12)
     p = p[p > 0]
     return float(torch.exp(-(p * p.log()).sum()))
+
+
+def resolve_epochs(config: TrainConfig, train: ImageDataset) -> TrainConfig:
+    """``config`` with its length in epochs: ``config.epochs`` when given, else the fewest that make ``config.steps`` steps.
+
+    The steps per epoch are those :func:`fit` takes: the rows trained on (all
+    of them, or without the validation slice for methods that learn from
+    labels) over the global batch, rounded down. The resolved epochs are what
+    ``config.json`` and the checkpoints keep, so a resumed run plans the same
+    schedule.
+    """
+    if config.epochs is not None:
+        return config
+    n = len(train)
+    if getattr(METHODS.get(config.method), "needs_labels", False):
+        n -= len(validation_split(train, config)[1])
+    steps_per_epoch = max(1, n // config.batch_size)
+    return dataclasses.replace(config, epochs=max(1, -(-config.steps // steps_per_epoch)))
 
 
 VALIDATION_MAX_FRACTION = 0.1  # the validation slice takes at most this share of the training split
@@ -311,23 +342,35 @@ class _ViewEpoch:
 class ViewBatches:
     """The engine's batch source for methods: ``(views, labels)`` per step, a pure function of (seed, epoch, step, rank).
 
-    The epoch's order is :func:`epoch_order` (over ``rows`` when given); the
-    views come from rank ``rank``'s augmentation generator, seeded by
-    :func:`augment_seed` at the start of each epoch; its state is what a
-    checkpoint inside an epoch keeps (``aug_rng``).
+    The epoch's order is :func:`epoch_order` (over ``rows`` when given), with
+    the sampling weights of ``balance`` (:class:`contrastkit.balance.ClusterBalance`,
+    ``--balance clusters``) when given; the views come from rank ``rank``'s
+    augmentation generator, seeded by :func:`augment_seed` at the start of
+    each epoch; its state is what a checkpoint inside an epoch keeps
+    (``aug_rng``), and the balance's clusters are what every checkpoint keeps
+    (``source_state``).
     """
 
     state_key = "aug_rng"
 
     def __init__(self, images: ImageDataset, rows: torch.Tensor | None, make_views: ViewMaker, seed: int,
-                 batch_size: int, workers: int, runtime: Runtime) -> None:
+                 batch_size: int, workers: int, runtime: Runtime, balance: ClusterBalance | None = None) -> None:
         self.images, self.rows, self.make_views, self.seed = images, rows, make_views, seed
         self.n = len(images) if rows is None else len(rows)
         self.items_per_step, self.steps_per_epoch = batch_size, self.n // batch_size
-        self.workers, self.runtime = workers, runtime
+        self.workers, self.runtime, self.balance = workers, runtime, balance
+
+    def extra_state(self) -> dict[str, Any]:
+        """The balance's clusters and their epoch (empty without ``--balance``)."""
+        return self.balance.state() if self.balance is not None else {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if self.balance is not None:
+            self.balance.load_state(state)
 
     def epoch(self, epoch: int, start_step: int, state: torch.Tensor | None) -> _ViewEpoch:
-        order = epoch_order(self.n, self.seed, epoch)
+        weights = self.balance.weights(epoch) if self.balance is not None else None  # (n,), clustered when due
+        order = epoch_order(self.n, self.seed, epoch, weights)
         if self.rows is not None:
             order = self.rows[order]
         gen = torch.Generator(device=self.runtime.device)
@@ -390,6 +433,7 @@ def _fit(
 ) -> FitResult:
     """:func:`fit` once the runtime is resolved and any process group joined."""
     world, main = distributed.world_size(), distributed.rank() == 0
+    config = resolve_epochs(config, data.train)
     last_path = run_dir / "checkpoints" / "last.pt"
     if not resume and last_path.exists():
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
@@ -417,7 +461,12 @@ def _fit(
         raise ConfigError(f"--batch-size {batch} is larger than the {n} training images of {data.train.name} left "
                           f"beside the {len(val)}-image validation slice; use --batch-size {max(2, n)} or less")
     workers = resolve_workers(config.workers, data.train)
-    source = ViewBatches(data.train, rows, make_views, config.seed, batch, workers, runtime)
+    balance = None
+    if config.balance == "clusters":  # the rows trained on, embedded as the monitor embeds its bank
+        balance = ClusterBalance(n, config.balance_clusters, config.balance_every, config.seed,
+                                 lambda: compute_embeddings(method, data.train, info, runtime, indices=rows,
+                                                            workers=config.workers))
+    source = ViewBatches(data.train, rows, make_views, config.seed, batch, workers, runtime, balance)
     steps_per_epoch = source.steps_per_epoch
     total_steps = config.epochs * steps_per_epoch
     warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
@@ -427,6 +476,9 @@ def _fit(
     where = f", {world} processes x {local_batch} images ({distributed.backend_for(runtime.device)})" if world > 1 else ""
     where += f", {workers} loader workers" if workers else ""
     budget = f", at most {config.minutes:g} minutes" if config.minutes is not None else ""
+    if balance is not None:
+        budget += (f", balanced over {config.balance_clusters} k-means clusters refreshed every "
+                   f"{config.balance_every} epoch{'s' * (config.balance_every != 1)}")
     banner = (f"training {config.method}/{config.backbone} on {n} images ({data.train.name}), "
               f"{runtime.describe()}{where}, {config.epochs} epochs x {steps_per_epoch} steps{budget}")
 

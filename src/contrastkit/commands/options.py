@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from contrastkit.config import DEVICE_NAMES, DISTANCE_NAMES, METHOD_NAMES, OPTIMIZER_NAMES, PRECISION_NAMES, TrainConfig
+from contrastkit.config import BALANCE_NAMES, DEVICE_NAMES, DISTANCE_NAMES, METHOD_NAMES, OPTIMIZER_NAMES, PRECISION_NAMES, TrainConfig
 from contrastkit.models.backbones import BACKBONES
 
 CHOICES = {
@@ -15,6 +15,7 @@ CHOICES = {
     "distance": DISTANCE_NAMES,
     "device": DEVICE_NAMES,
     "precision": PRECISION_NAMES,
+    "balance": BALANCE_NAMES,
 }
 TYPES = {"int": int, "float": float, "str": str}
 

@@ -63,10 +63,11 @@ def run(args: argparse.Namespace) -> int:
     """Train, then print the run folder, the epochs done and the best kNN monitor."""
     from contrastkit.data import load_dataset
     from contrastkit.methods import build_method
-    from contrastkit.train import fit
+    from contrastkit.train import fit, resolve_epochs
 
     config, out = config_from_args(args)
     data = load_dataset(config.data, image_size=config.image_size, skip_bad=config.skip_bad)
+    config = resolve_epochs(config, data.train)  # --epochs omitted: enough epochs for --steps steps
     method = build_method(config, data.train.shape[0], data.train.num_classes)
     result = fit(method, data, config, out, resume=args.resume, progress=not args.quiet)
     best = f"{result.best_knn:.2%}" if result.best_knn is not None else "n/a (no labels)"
