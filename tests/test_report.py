@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import json
 import re
 import shutil
@@ -16,6 +18,8 @@ from PIL import Image
 from contrastkit.cli import main
 
 TRAIN_ARGS = ["--epochs", "2", "--batch-size", "64", "--monitor-bank", "300", "--monitor-queries", "100"]
+TINY_GEN = ["--rep-epochs", "2", "--rep-batch-size", "128", "--rep-hidden", "32", "--rep-blocks", "1",
+            "--epochs", "1", "--batch-size", "128", "--width", "8", "--quiet"]  # as tests/test_generate.py
 HOSTILE = "<script>alert('x')</script> & \"co\""
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -71,6 +75,69 @@ def test_report_uses_labels_csv_when_present(report, tmp_path, capsys):
     assert main(["report", str(run), "--out", str(out), "--max-points", "200"]) == 0
     text = out.read_text()
     assert "from labels.csv" in text and text.count("<figcaption>cluster ") == 3
+
+
+def test_report_without_a_generator_has_no_generation_section(report):
+    _, text = report
+    assert "<h2>Generation" not in text and "generated samples" not in text
+
+
+def _img(text: str, alt: str) -> np.ndarray:
+    """The pixels of the report's <img alt=...>."""
+    m = re.search(rf'<img alt="{re.escape(alt)}" src="data:image/png;base64,([^"]+)"', text)
+    assert m, alt
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(m.group(1)))))
+
+
+@pytest.fixture(scope="module")
+def generated(report, tmp_path_factory):
+    """A copy of the report's run with a toy generator (trained as tests/test_generate.py trains one)."""
+    run = tmp_path_factory.mktemp("generated") / "run"
+    shutil.copytree(report[0], run)
+    (run / "labels.csv").unlink(missing_ok=True)
+    assert main(["train-generator", str(run), *TINY_GEN]) == 0
+    return run
+
+
+def test_report_shows_seeded_samples_of_the_generator(generated, tmp_path):
+    from contrastkit.montage import montage_image
+
+    out = tmp_path / "r.html"
+    assert main(["report", str(generated), "--out", str(out), "--max-points", "200"]) == 0
+    text = out.read_text()
+    assert "<h2>Generation" in text and "no fidelity.json" in text
+    # the grid is `contrastkit generate RUN --n 16 --seed 0`'s images, 8 per row
+    assert main(["generate", str(generated), "--n", "16", "--seed", "0", "--out", str(tmp_path / "g")]) == 0
+    images = np.load(tmp_path / "g" / "samples.npz")["images"]
+    expected = np.asarray(montage_image(images, columns=8))
+    assert np.array_equal(_img(text, "generated samples"), expected)
+    assert "<td>representation generator</td><td class=\"num\">2</td>" in text  # epochs trained, from log.jsonl
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text, re.I) and "<script" not in text.lower()
+
+
+def test_report_shows_fidelity_beside_its_real_floors(generated, tmp_path, capsys):
+    from contrastkit.fidelity import FIGURES
+
+    samples = tmp_path / "g"
+    assert main(["generate", str(generated), "--n", "20", "--steps", "3", "--out", str(samples)]) == 0
+    assert main(["fidelity", str(generated), str(samples / "samples.npz"), "--max-items", "100"]) == 0
+    capsys.readouterr()
+    result = json.loads((generated / "fidelity.json").read_text())
+    out = tmp_path / "r.html"
+    assert main(["report", str(generated), "--out", str(out), "--max-points", "200"]) == 0
+    text = out.read_text()
+    assert "Fidelity of generated images" in text and "no fidelity.json" not in text
+    assert len(result["spaces"]) == 2
+    for name, fig in result["spaces"].items():
+        assert f"<h4>{html.escape(name)}</h4>" in text
+        for key, label, fmt, _ in FIGURES:  # every figure on one row with its floor
+            row = (f"<td>{html.escape(label)}</td><td>{fmt.format(fig['generated'][key])}</td>"
+                   f"<td>{fmt.format(fig['real_floor'][key])}</td>")
+            assert row in text, (name, key)
+    (generated / "fidelity.json").write_text("[1, 2]")  # broken: a note, the report is still written
+    assert main(["report", str(generated), "--out", str(out), "--max-points", "200"]) == 0
+    assert "fidelity.json not shown: not a fidelity.json" in out.read_text()
+    (generated / "fidelity.json").unlink()
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (apt-get install chromium)")

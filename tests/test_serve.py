@@ -6,6 +6,7 @@ import base64
 import csv
 import io
 import json
+import shutil
 import socket
 from pathlib import Path
 from typing import Iterator
@@ -87,7 +88,7 @@ def client(state) -> TestClient:
 
 ROUTES = [("GET", "/"), ("GET", "/static/app.js"), ("GET", "/api/info"), ("GET", "/api/items"), ("GET", "/api/image/0"),
           ("GET", "/api/neighbours/0"), ("GET", "/api/map"), ("GET", "/api/review"), ("POST", "/api/search"),
-          ("POST", "/api/labels"), ("POST", "/api/respread"), ("POST", "/api/audit")]
+          ("POST", "/api/labels"), ("POST", "/api/respread"), ("GET", "/api/respread/status"), ("POST", "/api/audit")]
 
 
 # ----------------------------------------------------------------------------- the guards
@@ -263,6 +264,10 @@ def test_respread_labels_every_item_from_the_corrections(client, run_dir, state)
     assert r.status_code == 200
     out = r.json()
     assert out["seeds"] == 6 and out["changed"] == N_TRAIN + N_TEST  # cluster numbers became class names
+    assert 0 < out["seconds"] < 600
+    status = client.get("/api/respread/status").json()
+    assert status["running"] is False and status["elapsed_s"] is None and status["error"] is None
+    assert status["last"]["changed"] == out["changed"] and status["last"]["seconds"] == out["seconds"]
     labels = {int(row["item"]): row["label"] for row in csv.DictReader(open(run_dir / "labels.csv"))}
     correct = np.mean([labels[i] == NAMES[i % CLASSES] for i in labels])
     assert correct > 0.7  # three clusters, 6 seeds: far above chance (1 in 3)
@@ -273,6 +278,50 @@ def test_respread_labels_every_item_from_the_corrections(client, run_dir, state)
         client.post("/api/labels", json={"item": i, "label": None}, headers=ORIGIN)
 
 
+def test_respread_status_tells_the_stage_while_it_runs(run_dir, tmp_path, monkeypatch):
+    """GET /api/respread/status during a re-spread (held inside its graph stage): running, the stage, the
+    seconds so far; a second POST meanwhile gets 409; afterwards the last one's seconds and changes."""
+    import threading
+
+    from contrastkit import seeds
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    state = RunState(run, map_points=40)
+    for c in range(CLASSES):
+        for i in (c, c + 3):
+            state.set_label(i, NAMES[c])
+    inside, release = threading.Event(), threading.Event()
+    graphs = seeds.seed_graphs
+
+    def held_graphs(*args, **kwargs):
+        inside.set()
+        assert release.wait(60)
+        return graphs(*args, **kwargs)
+
+    monkeypatch.setattr(seeds, "seed_graphs", held_graphs)
+    c = _client(state)
+    assert c.get("/api/respread/status").json() == {"running": False, "stage": None, "last": None, "error": None,
+                                                    "elapsed_s": None}
+    replies = []
+    worker = threading.Thread(target=lambda: replies.append(state.respread()))
+    worker.start()
+    try:
+        assert inside.wait(60)
+        status = c.get("/api/respread/status").json()
+        assert status["running"] is True and status["elapsed_s"] >= 0
+        assert status["stage"].startswith("building the 10-nearest-neighbour graphs of 81 items")
+        r = c.post("/api/respread", json={}, headers=ORIGIN)
+        assert r.status_code == 409 and "already running" in r.json()["error"]
+    finally:
+        release.set()
+        worker.join(60)
+    status = c.get("/api/respread/status").json()
+    assert status["running"] is False and status["stage"] is None
+    assert status["last"]["changed"] == replies[0]["changed"] and status["last"]["model"] == replies[0]["model"]
+    assert status["last"]["seconds"] == replies[0]["seconds"] > 0
+
+
 def test_audit_route_finds_the_leak_and_filters_by_problem(client):
     r = client.post("/api/audit", json={}, headers=ORIGIN)
     assert r.status_code == 200 and r.json()["leaks"]["items"] == 2
@@ -280,6 +329,48 @@ def test_audit_route_finds_the_leak_and_filters_by_problem(client):
     assert sorted(it["item"] for it in rows["items"]) == [LEAK_TRAIN, LEAK_TEST]
     assert "leak" in client.get(f"/api/items?offset={LEAK_TEST}&limit=1").json()["items"][0]["problems"]
     assert client.get("/api/info").json()["problems"]["leaks"]["test_items_with_a_train_duplicate"] == 1
+
+
+def test_data_problems_are_listed_worst_first_across_pages(run_dir, tmp_path):
+    """Each problem by the score audit.py ranks it by (SEVERITY): duplicates and leaks by similarity, outliers by
+    mean distance (highest first), label issues by label quality (lowest first); paged on the server."""
+    from contrastkit.audit import COLUMNS
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)  # with its cached map
+    rng = np.random.default_rng(1)
+    n = N_TRAIN + N_TEST
+    sim, dist, quality = rng.uniform(0.9, 1, n), rng.uniform(0, 1, n), rng.uniform(0, 1, n)
+    flagged = {"near_duplicate": np.arange(0, n, 3), "outlier": np.arange(1, n, 4), "label_issue": np.arange(2, n, 5)}
+    quality[7] = np.nan  # a blank score is listed last
+    with open(run / "audit.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(COLUMNS)
+        for i in range(n):
+            problems = " ".join(p for p, rows in flagged.items() if i in rows)
+            w.writerow([i, "", "", "", problems, "", 0, f"{sim[i]:.4f}", f"{dist[i]:.4f}",
+                        "" if np.isnan(quality[i]) else f"{quality[i]:.4f}", ""])
+    c = _client(RunState(run, map_points=40))
+    keys = {"near_duplicate": -np.round(sim, 4), "outlier": -np.round(dist, 4),
+            "label_issue": np.where(np.isnan(quality), np.inf, np.round(quality, 4))}
+    for problem, rows in flagged.items():
+        expected = rows[np.argsort(keys[problem][rows], kind="stable")].tolist()
+        assert expected != sorted(expected)  # not the index order by chance
+        for query in (f"problem={problem}", f"problem={problem}&sort=severity"):  # worst first is the default
+            got, offset = [], 0
+            while True:
+                page = c.get(f"/api/items?{query}&limit=4&offset={offset}").json()
+                got += [it["item"] for it in page["items"]]
+                offset += 4
+                if offset >= page["total"]:
+                    break
+            assert got == expected, (problem, query)
+        assert [it["item"] for it in c.get(f"/api/items?problem={problem}&sort=index&limit=500").json()["items"]] \
+            == rows.tolist()
+    assert 7 in flagged["label_issue"] and c.get("/api/items?problem=label_issue&limit=500").json()["items"][-1]["item"] == 7
+    item = c.get("/api/items?problem=outlier&limit=1").json()["items"][0]
+    assert item["scores"]["mean_distance"] == pytest.approx(dist[flagged["outlier"]].max(), abs=1e-4)
+    assert c.get("/api/items?sort=severity").status_code == 400  # worst of which problem?
 
 
 # ----------------------------------------------------------------------------- uploads

@@ -142,3 +142,55 @@ def test_upload_and_map_region(browser, served, tmp_path):
     page.wait_for_function("() => !document.querySelector('#page-info').textContent.endsWith('of 800')")
     assert errors == []
     page.close()
+
+
+def test_respread_disables_its_button_shows_progress_then_time_and_changes(browser, served):
+    url, run = served
+    page, errors = _open(browser, url)
+    base = url.split("?")[0]
+    origin = base.rstrip("/")
+    for item, label in ((0, "Ankle boot"), (1, "T-shirt/top"), (2, "T-shirt/top"), (3, "Dress")):
+        r = page.request.post(base + "api/labels", data={"item": item, "label": label},
+                              headers={"Content-Type": "application/json", "Origin": origin})
+        assert r.ok, r.text()
+    page.locator("#mode-review").click()
+    page.wait_for_function("() => document.querySelector('#review-count').textContent.includes('least confident')")
+    page.evaluate("""() => {  // every status text with the button's state at that moment
+      window.seen = [];
+      const s = document.querySelector('#status'), b = document.querySelector('#respread');
+      new MutationObserver(() => window.seen.push([s.textContent, b.disabled]))
+        .observe(s, { childList: true, characterData: true, subtree: true });
+    }""")
+    page.locator("#respread").click()
+    page.wait_for_function("() => document.querySelector('#status').textContent.includes('items changed label')",
+                           timeout=120_000)
+    seen = page.evaluate("window.seen")
+    assert seen[0][0].startswith("re-spreading… 0 s") and seen[0][1] is True  # disabled while it runs
+    final = page.locator("#status").inner_text()
+    assert final.startswith("re-spread from ") and " s (" in final
+    assert page.locator("#respread").is_disabled() is False
+    assert errors == []
+    page.close()
+
+
+def test_data_problems_view_lists_the_worst_first(browser, served):
+    import json
+
+    url, run = served
+    page, errors = _open(browser, url)
+    page.locator("#mode-problems").click()
+    page.locator("#problems-panel button", has_text="Run it").click()
+    page.wait_for_function("() => document.querySelector('#status').textContent.includes('check done')", timeout=120_000)
+    summary = json.loads((run / "audit.json").read_text())
+    name, key, column = max([("outliers", "outliers", "mean_distance"),
+                             ("labels that disagree with neighbours", "label_issues", "label_quality")],
+                            key=lambda t: summary.get(t[1], {}).get("items", 0))
+    assert summary[key]["items"] >= 2
+    page.locator("#problems-panel a", has_text=name).click()
+    page.wait_for_function("() => document.querySelector('#filters').elements.sort.value === 'severity'")
+    page.wait_for_function(f"() => document.querySelector('#page-info').textContent.endsWith('of {summary[key]['items']}')")
+    scores = [float(c.split(" ")[0]) for c in page.locator("#grid .tile .cap").all_inner_texts()]  # the score first
+    assert len(scores) == min(60, summary[key]["items"])
+    assert scores == sorted(scores, reverse=column == "mean_distance")  # worst first
+    assert errors == []
+    page.close()

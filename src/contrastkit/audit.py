@@ -64,6 +64,12 @@ OUTLIER_THRESHOLD = 0.37037  # outlier: mean kNN distance > Q3 + (1 / 0.37037 - 
 VOTE_TEMPERATURE = 0.07  # neighbour vote weights exp(cos / T), as the kNN evaluation (Wu et al. 2018)
 IMAGE_BATCH = 1024  # images decoded and hashed at a time
 PROBLEMS = ("exact_duplicate", "near_duplicate", "leak", "outlier", "label_issue")
+# how bad an item with each problem is: (audit.csv column, direction), the order examples() prints, worst first:
+# duplicates and leaks by the similarity to the nearest other item, outliers by the mean distance to the
+# neighbours, label issues by cleanlab's label quality (lowest first)
+SEVERITY = {"exact_duplicate": ("similarity", "higher"), "near_duplicate": ("similarity", "higher"),
+            "leak": ("similarity", "higher"), "outlier": ("mean_distance", "higher"),
+            "label_issue": ("label_quality", "lower")}
 COLUMNS = ("item", "split", "source", "label", "problems", "duplicate_of", "nearest", "similarity",
            "mean_distance", "label_quality", "suggested_label")
 

@@ -44,7 +44,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -371,6 +371,7 @@ def label_run(
     kmeans_backend: str = "auto",
     scan_config: Any = None,
     progress: bool = False,
+    on_stage: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Label every item of a run's embeddings and write labels.csv, label_metrics.json and montages.
 
@@ -379,7 +380,8 @@ def label_run(
     config.json but no embeddings.npy (cluster options are checked before
     that). ``neighbors`` (default :data:`NEIGHBORS`, or SCAN's 20),
     ``kmeans_backend``, ``scan_config`` and ``progress`` go to
-    :func:`label_clusters`.
+    :func:`label_clusters`; ``on_stage`` to :func:`label_from_seeds` (it is called with a short text as
+    each stage of labelling from seeds starts, and before the files are written).
 
     Returns:
         The metrics written to label_metrics.json, plus ``"result"`` (the
@@ -400,12 +402,13 @@ def label_run(
         raise DataError(f"{run_dir}: no such folder")
     with run_lock(out):  # one command at a time writes the folder (contrastkit.runlock); embed_run locks run_dir
         return _label_locked(run_dir, out, clusters, algorithm, seed_labels, montages, neighbors, seed,
-                             kmeans_backend, scan_config, progress)
+                             kmeans_backend, scan_config, progress, on_stage or (lambda text: None))
 
 
 def _label_locked(
     run_dir: Path, out: Path, clusters: int | None, algorithm: str, seed_labels: str | Path | None, montages: bool,
     neighbors: int | None, seed: int, kmeans_backend: str, scan_config: Any, progress: bool,
+    on_stage: Callable[[str], None],
 ) -> dict[str, Any]:
     """:func:`label_run` once its options are checked and the output folder is locked."""
     from contrastkit import __version__
@@ -452,7 +455,8 @@ def _label_locked(
         idx, y, names = read_seed_labels(seed_labels, emb.sources, class_names)
         c = len(names) if names else int(max(y.max(), truth.max() if truth is not None else 0)) + 1
         neighbors = NEIGHBORS if neighbors is None else neighbors
-        result = label_from_seeds(emb.features, idx, y, num_classes=c, neighbors=neighbors, seed=seed)
+        result = label_from_seeds(emb.features, idx, y, num_classes=c, neighbors=neighbors, seed=seed,
+                                  on_stage=on_stage)
         labels, confidence = result.labels, result.confidence
         assign = labels
         metrics.update({
@@ -480,6 +484,7 @@ def _label_locked(
         k = c
     metrics["class_names"] = names
     out.mkdir(parents=True, exist_ok=True)
+    on_stage(f"writing {LABELS_FILE}")
     write_labels_csv(out / LABELS_FILE, emb.sources, labels, confidence, assign, names)
     montage_note = "turned off (--no-montage)"
     if montages:

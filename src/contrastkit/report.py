@@ -10,8 +10,11 @@ against the baselines (metrics.json, written by ``evaluate`` first if
 missing), per-class accuracy and the confusion matrix of the kNN (k=20)
 prediction of the test split from the train split, the 2-D map, nearest
 neighbours, cluster montages with their auto-labels (labels.csv, else a
-k-means run of :func:`contrastkit.label.label_clusters` in memory), and
-saliency examples.
+k-means run of :func:`contrastkit.label.label_clusters` in memory),
+saliency examples and, when ``RUN/generator/`` holds a generator
+(``contrastkit train-generator``), a grid of images sampled from it with a
+fixed seed beside the figures of ``RUN/fidelity.json`` and their real-vs-real
+floors (``contrastkit fidelity``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from contrastkit.runlock import run_lock
 REPORT_FILE = "report.html"
 REPORT_MONTAGE_SIZE = 16  # images per cluster montage in the report (8 per row)
 REPORT_KNN_K = 20  # k of the kNN prediction behind the confusion matrix (as metrics' knn_top1_k20)
+REPORT_GENERATED = 16  # images sampled from RUN/generator for the report's grid (8 per row)
+REPORT_GENERATION_STEPS = 50  # Euler steps of each ODE, as `contrastkit generate`'s default
+REPORT_GENERATION_GUIDANCE = 1.0  # the conditional model alone, as `contrastkit generate`'s default
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1100px;
@@ -159,6 +165,106 @@ def cluster_montages(run_dir: Path, emb: Any, get_images: Any, seed: int = 0) ->
     return out, source
 
 
+def generated_grid(run_dir: Path, n: int = REPORT_GENERATED, seed: int = 0, steps: int = REPORT_GENERATION_STEPS,
+                   guidance: float = REPORT_GENERATION_GUIDANCE) -> tuple[bytes, bool]:
+    """A PNG grid (8 per row) of ``n`` images from ``RUN/generator``, sampled unconditionally (RCG's sampling),
+    and whether the pixel generator is conditional.
+
+    The images are those of ``contrastkit generate RUN --n n --seed seed --steps steps --guidance guidance``.
+
+    Raises:
+        CheckpointError: no usable generator (the message says why).
+    """
+    from contrastkit.generate.sampling import load_generator, sample_unconditional
+    from contrastkit.montage import montage_image
+
+    gen = load_generator(run_dir)
+    with torch.inference_mode():
+        images = sample_unconditional(gen, n, steps, guidance, torch.Generator().manual_seed(seed)).numpy()
+    buf = io.BytesIO()
+    montage_image(images, columns=min(8, n)).save(buf, format="PNG")
+    return buf.getvalue(), gen.conditional
+
+
+def _generator_training(folder: Path) -> list[tuple[str, Any, Any]]:
+    """(model, epochs trained, last epoch's loss) of each generator with a log.jsonl."""
+    rows = []
+    for model, what in (("rep", "representation generator"), ("pixel", "pixel generator")):
+        path = folder / model / "log.jsonl"
+        try:
+            records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, ValueError):
+            continue
+        epochs = [r for r in records if isinstance(r, dict) and "epoch" in r]
+        if epochs:
+            rows.append((what, epochs[-1].get("epoch"), epochs[-1].get("loss")))
+    return rows
+
+
+def fidelity_tables(result: dict[str, Any]) -> str:
+    """The figures of a fidelity.json beside their real-vs-real floors, one table per feature space.
+
+    Raises:
+        DataError: the file lacks the keys ``contrastkit fidelity`` writes.
+    """
+    from contrastkit.fidelity import COPY_QUANTILE, FIGURES
+
+    try:
+        c, spaces = result["counts"], result["spaces"]
+        head = (f"<p>{esc(c['generated'])} generated images ({esc(result.get('generated', ''))}) against "
+                f"{esc(c['reference'])} real ({esc(result.get('real', ''))}); floor: the same measures for "
+                f"{esc(c['floor'])} other real images (copies: {esc(c['held_out_for_copies'])} held-out images "
+                f"against {esc(c['train_for_copies'])} training images).</p>")
+        body = []
+        for name, fig in spaces.items():
+            gen, floor = fig["generated"], fig["real_floor"]
+            rows = [(label, fmt.format(gen[key]), fmt.format(floor[key]), better)
+                    for key, label, fmt, better in FIGURES if key in gen and key in floor]
+            body.append(f"<h4>{esc(name)}</h4>" + table(["measure", "generated", "real floor", "better"], rows))
+            if isinstance(gen.get("copy_level"), (int, float)):
+                body.append(f"<p>copy level ({100 * COPY_QUANTILE:g}th percentile of train-to-train similarity): "
+                            f"{gen['copy_level']:.3f}</p>")
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise DataError(f"not a fidelity.json of contrastkit fidelity ({type(e).__name__}: {e})") from None
+    return head + "".join(body)
+
+
+def generation_section(run_dir: Path, seed: int = 0) -> str | None:
+    """The report's generation section, or None when ``RUN/generator/`` does not exist."""
+    from contrastkit.errors import CheckpointError
+    from contrastkit.fidelity import FIDELITY_FILE
+    from contrastkit.generate.training import GENERATOR_DIR
+
+    folder = run_dir / GENERATOR_DIR
+    if not folder.is_dir():
+        return None
+    parts = []
+    try:
+        png, conditional = generated_grid(run_dir, seed=seed)
+        how = ("RCG: a representation from the representation generator, then pixels conditioned on it" if conditional
+               else "the pixel generator was trained unconditionally, --p-uncond 1")
+        parts.append(f"<p>{REPORT_GENERATED} images sampled from the run's generator ({how}), seed "
+                     f"{esc(seed)}, {REPORT_GENERATION_STEPS} Euler steps, guidance {REPORT_GENERATION_GUIDANCE:g}: "
+                     f"the images of <code>contrastkit generate {esc(run_dir)} --n {REPORT_GENERATED} --seed "
+                     f"{esc(seed)} --out DIR</code>.</p>" + img_tag(png, "generated samples"))
+    except CheckpointError as e:
+        parts.append(_note(f"no samples: {e}"))
+    training = _generator_training(folder)
+    if training:
+        parts.append(table(["model", "epochs trained", "last loss"], training))
+    path = run_dir / FIDELITY_FILE
+    if path.is_file():
+        try:
+            tables = fidelity_tables(json.loads(path.read_text(encoding="utf-8")))
+            parts.append(f"<h3>Fidelity of generated images ({esc(FIDELITY_FILE)})</h3>" + tables)
+        except (OSError, ValueError, DataError) as e:  # a broken file costs its table, not the report
+            parts.append(_note(f"{FIDELITY_FILE} not shown: {e}"))
+    else:
+        parts.append(_note(f"no {FIDELITY_FILE}: score generated images with `contrastkit fidelity RUN SAMPLES` "
+                           "to see their figures beside the real-vs-real floors here"))
+    return _section("Generation", "\n".join(parts))
+
+
 def _read_json_object(path: Path) -> dict[str, Any]:
     """A JSON object from ``path``; a DataError naming the file when it is not one."""
     try:
@@ -252,6 +358,9 @@ def build_report(run_dir: str | Path, *, seed: int = 0, max_points: int = 5000, 
                               "of the two backbone embeddings with respect to the input pixels (|gradient| summed "
                               "over channels, scaled to its maximum), over each image and its nearest neighbour.</p>"
                               + img_tag(pngs["saliency"], "saliency")))
+    generation = generation_section(run_dir, seed=seed)
+    if generation is not None:
+        parts.append(generation)
     for name, reason in skipped.items():
         parts.append(_note(f"{name}: skipped ({reason})"))
     body = "\n".join(parts)

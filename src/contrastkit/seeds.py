@@ -24,7 +24,7 @@ import csv
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -237,6 +237,7 @@ def label_from_seeds(
     neighbors: int = 10,
     max_folds: int = 5,
     seed: int = 0,
+    on_stage: Callable[[str], None] | None = None,
 ) -> SeedResult:
     """Label every item from a few labelled ones, with the model chosen on held-out seeds (:func:`choose_model`).
 
@@ -249,6 +250,8 @@ def label_from_seeds(
         neighbors: k of the kNN vote (clipped to the seeds in use) and of the propagation and Poisson graphs.
         max_folds: at most this many cross-validation folds over the seeds.
         seed: seeds the folds and the linear probe (Poisson learning and propagation are deterministic).
+        on_stage: called with a short description as each stage starts (the graphs, each model's
+            held-out check, the final labelling), for a progress display.
 
     Raises:
         ConfigError: fewer than 2 seeds, an unknown model, bad indices or labels.
@@ -270,17 +273,21 @@ def label_from_seeds(
     c = int(num_classes if num_classes is not None else seed_labels.max() + 1)
     if seed_labels.min() < 0 or seed_labels.max() >= c:
         raise ConfigError(f"seed labels must be in [0, {c})")
+    stage = on_stage or (lambda text: None)
     xn = normalise(features, dtype=np.float64)
     folds = seed_folds(seed_labels, max_folds, seed)
     cv: dict[str, float] = {}
+    stage(f"building the {neighbors}-nearest-neighbour graphs of {n} items")
     graphs = seed_graphs(xn, neighbors, models)  # once for every fold
-    for m in models:
+    for j, m in enumerate(models, 1):
+        stage(f"held-out check of {m} ({j} of {len(models)} models, {len(folds)} folds)")
         correct = 0
         for tr, held in folds:
             proba = _predict(m, xn, seed_idx[tr], seed_labels[tr], c, neighbors, seed, graphs)
             correct += int((proba[seed_idx[held]].argmax(1) == seed_labels[held]).sum())
         cv[m] = correct / len(seed_idx)
     best = choose_model(cv, models, len(seed_idx))
+    stage(f"labelling every item with {best}")
     proba = _predict(best, xn, seed_idx, seed_labels, c, neighbors, seed, graphs)
     labels = proba.argmax(1).astype(np.int64)
     confidence = proba.max(1)

@@ -231,7 +231,8 @@ def create_app(state: RunState, token: str | None = None, host: str = "127.0.0.1
         rows = state.select(split=q.get("split") or None, label=q.get("label") or None, cluster=_int(request, "cluster"),
                             conf_min=_float(request, "conf_min"), conf_max=_float(request, "conf_max"),
                             problem=q.get("problem") or None, region=region, corrected=corrected,
-                            changed=q.get("changed") == "1", sort=q.get("sort") or "index")
+                            changed=q.get("changed") == "1",
+                            sort=q.get("sort") or ("severity" if q.get("problem") else "index"))  # worst first
         return state.page(rows, _int(request, "offset", 0), _int(request, "limit", 60))
 
     async def image(request: Request) -> Response:
@@ -286,7 +287,12 @@ def create_app(state: RunState, token: str | None = None, host: str = "127.0.0.1
 
     async def respread(request: Request) -> dict[str, Any]:
         await read_json(request, MAX_JSON_BYTES)
+        if state.respread_status()["running"]:
+            raise HTTPProblem(409, "a re-spread is already running; wait for it (GET /api/respread/status)")
         return await run_in_threadpool(state.respread)
+
+    async def respread_status(request: Request) -> dict[str, Any]:
+        return state.respread_status()
 
     async def audit(request: Request) -> dict[str, Any]:
         await read_json(request, MAX_JSON_BYTES)
@@ -304,6 +310,7 @@ def create_app(state: RunState, token: str | None = None, host: str = "127.0.0.1
         Route("/api/search", endpoint(search), methods=["POST"]),
         Route("/api/labels", endpoint(set_label), methods=["POST"]),
         Route("/api/respread", endpoint(respread), methods=["POST"]),
+        Route("/api/respread/status", endpoint(respread_status), methods=["GET"]),
         Route("/api/audit", endpoint(audit), methods=["POST"]),
     ]
     return Guard(Starlette(routes=routes), token, allowed_hosts(host, port), port)

@@ -28,6 +28,7 @@ import io
 import json
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,7 +49,7 @@ MAP_PLACE_TEMPERATURE = 0.05  # weights exp(cos / T) of those 3
 PAGE_MAX = 500  # items per page at most
 NEIGHBOURS_MAX = 100  # neighbours per query at most
 CHANGED_SHOWN = 200  # re-spread: changed items listed in the reply (all are filterable)
-SORTS = ("index", "confidence", "-confidence")
+SORTS = ("index", "confidence", "-confidence", "severity")  # severity: the filtered problem's worst first
 
 
 def _read_labels_csv(path: Path, n: int) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
@@ -82,25 +83,32 @@ def _read_labels_csv(path: Path, n: int) -> tuple[list[str], np.ndarray, np.ndar
     return list(vocab), code, conf, cluster
 
 
-def _read_audit_csv(path: Path, n: int) -> dict[str, np.ndarray]:
-    """Per problem of audit.csv, a bool mask over the rows ({} without the file or when it is out of date)."""
-    from contrastkit.audit import PROBLEMS
+def _read_audit_csv(path: Path, n: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per problem of audit.csv a bool mask over the rows, and per score column of
+    :data:`contrastkit.audit.SEVERITY` a float32 array (NaN where blank); ({}, {}) without the file or when it
+    is out of date."""
+    from contrastkit.audit import PROBLEMS, SEVERITY
 
     if not path.is_file():
-        return {}
+        return {}, {}
     masks = {p: np.zeros(n, dtype=bool) for p in PROBLEMS}
+    scores = {c: np.full(n, np.nan, dtype=np.float32) for c, _ in SEVERITY.values()}
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         count = 0
         for r in reader:
             i = int(r["item"])
             if not 0 <= i < n:
-                return {}
+                return {}, {}
             for p in r["problems"].split():
                 if p in masks:
                     masks[p][i] = True
+            for c, column in scores.items():
+                text = r.get(c) or ""
+                if text:
+                    column[i] = float(text)
             count += 1
-    return masks if count == n else {}
+    return (masks, scores) if count == n else ({}, {})
 
 
 def compute_map(features: np.ndarray, points: int = MAP_POINTS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -155,9 +163,10 @@ class RunState:
         self.truth = emb.labels  # (N,) int64 or None
         self._by_source: dict[str, int] | None = None
         self.changed = np.zeros(self.n, dtype=bool)  # items whose label the last re-spread changed
+        self._respread: dict[str, Any] = {"running": False, "stage": None, "started": 0.0, "last": None, "error": None}
         self.reload_labels()
         self.corrections = self._read_corrections()
-        self.problems = _read_audit_csv(self.run_dir / "audit.csv", self.n)
+        self.problems, self.problem_scores = _read_audit_csv(self.run_dir / "audit.csv", self.n)
         self.index, self.rerank = self._index(log)
         self.map_rows, self.xy = self._map(map_points, seed, log)
         self._images: Any = None
@@ -279,6 +288,7 @@ class RunState:
             "cluster": int(self.cluster[i]) if self.cluster[i] >= 0 else None,
             "truth": None, "correction": self.corrections.get(i), "changed": bool(self.changed[i]),
             "problems": [p for p, m in self.problems.items() if m[i]],
+            "scores": {c: None if np.isnan(v[i]) else round(float(v[i]), 4) for c, v in self.problem_scores.items()},
             "x": round(float(self.xy[i, 0]), 3), "y": round(float(self.xy[i, 1]), 3),
         }
         if self.truth is not None and self.truth[i] >= 0:
@@ -290,9 +300,16 @@ class RunState:
                conf_min: float | None = None, conf_max: float | None = None, problem: str | None = None,
                region: tuple[float, float, float, float] | None = None, corrected: bool | None = None,
                changed: bool = False, sort: str = "index") -> np.ndarray:
-        """Rows matching every filter given, in ``sort`` order ("confidence": least confident first)."""
+        """Rows matching every filter given, in ``sort`` order.
+
+        "confidence": least confident first; "severity" (with ``problem``): the worst first by the score
+        :data:`contrastkit.audit.SEVERITY` names for that problem, as ``contrastkit audit`` lists its examples
+        (ties and items without the score last, by index).
+        """
         if sort not in SORTS:
             raise ConfigError(f"sort {sort!r} is not one of {', '.join(SORTS)}")
+        if sort == "severity" and problem is None:
+            raise ConfigError("sort severity orders the items of one data problem: choose a problem too")
         mask = np.ones(self.n, dtype=bool)
         if split is not None:
             mask &= self.split == (self.split_names.index(split) if split in self.split_names else 255)
@@ -321,8 +338,20 @@ class RunState:
             mask &= self.changed
         if sort == "index":
             return np.flatnonzero(mask)
+        if sort == "severity":
+            rows = np.flatnonzero(mask)  # sorted here, after filtering: only the problem's items, not all N
+            return rows[np.argsort(-self.severity(problem, rows), kind="stable")]  # type: ignore[arg-type]
         order = self.by_confidence if sort == "confidence" else self.by_confidence[::-1]
         return order[mask[order]]
+
+    def severity(self, problem: str, rows: np.ndarray) -> np.ndarray:
+        """How bad ``problem`` is at each of ``rows``: higher is worse (-inf where audit.csv has no score)."""
+        from contrastkit.audit import SEVERITY
+
+        column, worse = SEVERITY[problem]
+        value = self.problem_scores[column][rows].astype(np.float64)
+        value = value if worse == "higher" else -value
+        return np.where(np.isnan(value), -np.inf, value)
 
     def page(self, rows: np.ndarray, offset: int, limit: int) -> dict[str, Any]:
         """``{"total", "offset", "items"}`` of one page of ``rows``."""
@@ -425,21 +454,56 @@ class RunState:
         return self.page(rows, 0, limit)["items"]
 
     def respread(self) -> dict[str, Any]:
-        """Label every item from the corrections (``contrastkit label --seed-labels``); which labels changed."""
+        """Label every item from the corrections (``contrastkit label --seed-labels``); which labels changed.
+
+        One at a time; :meth:`respread_status` tells the stage meanwhile. The reply says how long it took
+        (``seconds``) and how many items changed label (``changed``).
+        """
         from contrastkit.label import label_run
 
         if not self.corrections:
             raise ConfigError("no corrections yet: accept or correct some labels first")
-        before = np.array([self.label_names[c] if c >= 0 else "" for c in self.label.tolist()], dtype=object)
-        m = label_run(self.run_dir, seed_labels=self.run_dir / SEEDS_FILE, montages=False)
-        self.reload_labels()
-        after = np.array([self.label_names[c] if c >= 0 else "" for c in self.label.tolist()], dtype=object)
         with self._lock:
-            self.changed = before != after
-        rows = np.flatnonzero(self.changed)
-        return {"model": m["model"], "seeds": m["n_seeds"], "held_out_accuracy": m["held_out_accuracy"],
-                "changed": int(len(rows)),
-                "items": [{"item": int(i), "before": before[i], "after": after[i]} for i in rows[:CHANGED_SHOWN]]}
+            if self._respread["running"]:
+                raise ConfigError(f"a re-spread is already running ({self._respread['stage']}); wait for it")
+            self._respread.update(running=True, stage="reading the corrections", started=time.monotonic(), error=None)
+        try:
+            before = np.array([self.label_names[c] if c >= 0 else "" for c in self.label.tolist()], dtype=object)
+            m = label_run(self.run_dir, seed_labels=self.run_dir / SEEDS_FILE, montages=False,
+                          on_stage=self._respread_stage)
+            self._respread_stage("reading the new labels")
+            self.reload_labels()
+            after = np.array([self.label_names[c] if c >= 0 else "" for c in self.label.tolist()], dtype=object)
+            with self._lock:
+                self.changed = before != after
+            rows = np.flatnonzero(self.changed)
+            seconds = round(time.monotonic() - self._respread["started"], 2)
+            out = {"model": m["model"], "seeds": m["n_seeds"], "held_out_accuracy": m["held_out_accuracy"],
+                   "changed": int(len(rows)), "seconds": seconds,
+                   "items": [{"item": int(i), "before": before[i], "after": after[i]} for i in rows[:CHANGED_SHOWN]]}
+            with self._lock:
+                self._respread["last"] = {k: v for k, v in out.items() if k != "items"}
+            return out
+        except Exception as e:
+            with self._lock:
+                self._respread["error"] = str(e)
+            raise
+        finally:
+            with self._lock:
+                self._respread.update(running=False, stage=None)
+
+    def _respread_stage(self, text: str) -> None:
+        with self._lock:
+            self._respread["stage"] = text
+
+    def respread_status(self) -> dict[str, Any]:
+        """``running``, the current ``stage`` and ``elapsed_s`` of a re-spread; ``last`` (the last finished one's
+        model, seeds, held-out accuracy, changed and seconds) and ``error`` (the last failure's message, else None)."""
+        with self._lock:
+            r = dict(self._respread)
+        started = r.pop("started")
+        elapsed = round(time.monotonic() - started, 2) if r["running"] else None
+        return {**r, "elapsed_s": elapsed}
 
     def run_audit(self) -> dict[str, Any]:
         """Run the data problems check (``contrastkit audit``) and load its findings."""
@@ -448,7 +512,7 @@ class RunState:
         summary = audit_run(self.run_dir)
         for key in ("result", "splits", "class_names"):
             summary.pop(key, None)
-        self.problems = _read_audit_csv(self.run_dir / "audit.csv", self.n)
+        self.problems, self.problem_scores = _read_audit_csv(self.run_dir / "audit.csv", self.n)
         return summary
 
     def audit_summary(self) -> dict[str, Any] | None:
@@ -463,6 +527,8 @@ class RunState:
 
     def info(self) -> dict[str, Any]:
         """What the page needs to build its controls."""
+        from contrastkit.audit import SEVERITY
+
         return {
             "run": printable(str(self.run_dir)), "items": self.n, "dim": int(self.features.shape[1]),
             "splits": self.split_names, "labels": sorted(self.label_names, key=lambda s: (len(s), s)),
@@ -470,5 +536,6 @@ class RunState:
             "has_labels": bool(self.label_names), "has_truth": self.truth is not None,
             "has_model": (self.run_dir / "checkpoints").is_dir(), "corrections": len(self.corrections),
             "problems": self.audit_summary(), "problem_names": list(self.problems),
+            "severity": {p: list(v) for p, v in SEVERITY.items()},
             "page_max": PAGE_MAX, "sorts": list(SORTS),
         }

@@ -134,6 +134,13 @@ def sample_pixels(gen: Generator, cond: torch.Tensor | None, n: int, steps: int,
     return torch.cat(out) if out else torch.zeros((0, *gen.image_shape), dtype=torch.uint8)
 
 
+def sample_unconditional(gen: Generator, n: int, steps: int, guidance: float, noise: torch.Generator) -> torch.Tensor:
+    """n uint8 images (n, C, H, W) by RCG's sampling: representations from the representation generator
+    (none for an unconditional pixel generator), then pixels conditioned on them; call under inference mode."""
+    cond = sample_representations(gen, n, steps, noise) if gen.conditional else None
+    return sample_pixels(gen, cond, n, steps, guidance, noise)
+
+
 def read_clusters(path: Path, n: int) -> np.ndarray:
     """The ``cluster`` column of labels.csv, one int per embedding row.
 
@@ -274,8 +281,9 @@ def generate_run(run_dir: str | Path, out_dir: str | Path, *, n: int = 16, like:
             info.update(mode="cluster", cluster=cluster, accepted_share=share,
                         how="representations sampled and kept when their nearest centroid of labels.csv is the cluster")
         else:
-            cond = sample_representations(gen, n, steps, noise) if gen.conditional else None
-        images = sample_pixels(gen, cond, len(cond) if cond is not None else n, steps, guidance, noise).numpy()
+            cond = None  # RCG's sampling: representations first, in sample_unconditional
+        images = (sample_unconditional(gen, n, steps, guidance, noise) if cond is None
+                  else sample_pixels(gen, cond, len(cond), steps, guidance, noise)).numpy()
     info["files"] = [str(p) for p in write_samples(out_dir, images, info, query_images, n)]
     return info
 

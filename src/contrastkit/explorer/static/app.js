@@ -52,6 +52,18 @@ function tile(it, score) {
   return node;
 }
 
+// the score that says how bad an item's problem is, when the grid lists one problem worst first
+function problemScore(it) {
+  const f = $("filters").elements;
+  if (state.mode === "review" || f.sort.value !== "severity" || !f.problem.value) return undefined;
+  const [column] = state.info.severity[f.problem.value] ?? [];
+  return it.scores?.[column] ?? undefined;
+}
+
+function gridTile(it) {
+  return tile(it, problemScore(it));
+}
+
 function filterQuery() {
   const f = new FormData($("filters"));
   const q = new URLSearchParams();
@@ -82,7 +94,7 @@ async function loadPage() {
     }
     state.items = items;
     const grid = $("grid");
-    grid.replaceChildren(...items.map((it) => tile(it)));
+    grid.replaceChildren(...items.map(gridTile));
     $("page-info").textContent = state.total ? `${state.offset + 1}–${state.offset + items.length} of ${state.total}` : "no items";
     $("prev").disabled = state.offset === 0 || state.mode === "review";
     $("next").disabled = state.offset + items.length >= state.total || state.mode === "review";
@@ -103,6 +115,10 @@ function renderDetail(it) {
   const rows = [["item", it.item], ["split", it.split], ["source", it.source], ["auto-label", it.label ?? "–"],
     ["confidence", it.confidence ?? "–"], ["cluster", it.cluster ?? "–"], ["known label", it.truth ?? "–"],
     ["your label", it.correction ?? "–"], ["problems", it.problems.join(", ") || "–"]];
+  const scoreNames = {
+    similarity: "similarity to nearest", mean_distance: "mean neighbour distance", label_quality: "label quality",
+  };
+  for (const [k, v] of Object.entries(it.scores ?? {})) if (v !== null) rows.push([scoreNames[k] ?? k, v]);
   $("detail").replaceChildren(
     el("img", { src: `/api/image/${it.item}`, alt: `item ${it.item}` }),
     el("table", {}, ...rows.map(([k, v]) => el("tr", {}, el("td", { textContent: k }), el("td", { textContent: String(v) })))),
@@ -145,7 +161,7 @@ async function setLabel(item, label) {
     if (n >= 0) {
       state.items[n] = r.item;
       const old = $("grid").children[n];
-      const fresh = tile(r.item);
+      const fresh = gridTile(r.item);
       fresh.addEventListener("click", () => select(n));
       old.replaceWith(fresh);
     }
@@ -155,16 +171,40 @@ async function setLabel(item, label) {
 }
 
 async function respread() {
-  say("re-spreading your labels to every item…");
+  const button = $("respread");
+  const started = performance.now();
+  let stage = "";
+  const tick = () => {
+    const seconds = Math.floor((performance.now() - started) / 1000);
+    say(`re-spreading… ${seconds} s${stage ? ` (${stage})` : ""}`);
+  };
+  const poll = async () => {  // the server's stage while the POST below runs
+    try {
+      const s = await api("/api/respread/status");
+      if (s.running && s.stage) stage = s.stage;
+    } catch { /* the status is only a hint; the POST's reply is what counts */ }
+  };
+  button.disabled = true;
+  tick();
+  const timer = setInterval(tick, 250);
+  const poller = setInterval(poll, 1000);
   try {
     const r = await api("/api/respread", {});
-    say(`re-spread from ${r.seeds} labels (${r.model}, held-out accuracy ${(100 * r.held_out_accuracy).toFixed(1)}%): ` +
-      `${r.changed} items changed label; showing them`);
+    clearInterval(timer);
+    say(`re-spread from ${r.seeds} labels in ${r.seconds.toFixed(1)} s (${r.model}, held-out accuracy ` +
+      `${(100 * r.held_out_accuracy).toFixed(1)}%): ${r.changed} items changed label; showing them`);
     state.info = await api("/api/info");
     fillSelect("label", state.info.labels);
     $("filters").elements.changed.checked = true;
     setMode("browse");
-  } catch (e) { say(e.message, true); }
+  } catch (e) {
+    clearInterval(timer);  // (finally runs next, before any tick)
+    say(e.message, true);
+  } finally {
+    clearInterval(timer);
+    clearInterval(poller);
+    button.disabled = false;
+  }
 }
 
 async function showProblems() {
@@ -182,12 +222,15 @@ async function showProblems() {
   panel.replaceChildren(el("table", {}, ...rows.map(([key, name, count]) => el("tr", {},
     el("td", {}, el("a", { href: "#", textContent: name, onclick: (e) => { e.preventDefault(); showProblem(key); } })),
     el("td", { textContent: String(count) })))),
+    el("div", { class: "hint", textContent: "listed worst first: duplicates and leaks by their similarity to the nearest item, " +
+      "outliers by their mean distance to their neighbours, labels by their label quality (lowest first)" }),
     el("button", { type: "button", textContent: "check again", onclick: runAudit }));
 }
 
 function showProblem(key) {
   fillSelect("problem", state.info.problem_names);
   $("filters").elements.problem.value = key;
+  $("filters").elements.sort.value = "severity";
   state.offset = 0;
   loadPage();
 }
@@ -266,7 +309,17 @@ async function start() {
   fillSelect("label", info.labels);
   fillSelect("cluster", Array.from({ length: info.clusters }, (_, c) => String(c)));
   fillSelect("problem", info.problem_names);
-  $("filters").addEventListener("change", () => { state.offset = 0; if (state.mode === "review") setMode("browse"); else loadPage(); });
+  $("filters").addEventListener("change", (e) => {
+    const f = $("filters").elements;
+    if (e.target === f.problem && f.problem.value) f.sort.value = "severity";  // a problem: its worst first
+    else if (e.target === f.problem && f.sort.value === "severity") f.sort.value = "index";
+    if (e.target === f.sort && f.sort.value === "severity" && !f.problem.value) {
+      say("worst problem first: choose a problem too", true);
+      return;
+    }
+    state.offset = 0;
+    if (state.mode === "review") setMode("browse"); else loadPage();
+  });
   $("prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - PAGE); loadPage(); });
   $("next").addEventListener("click", () => { state.offset += PAGE; loadPage(); });
   $("grid").addEventListener("click", (e) => {
