@@ -19,6 +19,7 @@ Usage:
     python bench/recipe_sweep.py --epochs 5 --variants '[["b512", {"batch_size": 512}], ["b128", {"batch_size": 128}]]'
     python bench/recipe_sweep.py --epochs 3 --variants '[["default", {}], ["jitter0.8", {}, {"brightness": 0.8, "contrast": 0.8}]]'
     python bench/recipe_sweep.py --data fashion-mnist --epochs 3 --seeds 3
+    python bench/recipe_sweep.py --data runs/emoji --image-size 32 --epochs 40 --variants '[["default", {}], ["crop0.5", {"crop_min_scale": 0.5}]]'
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=None, help="data set (default: the embedded Fashion-MNIST subset)")
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--image-size", type=int, default=None, help="resize the images to this side (folders)")
     parser.add_argument("--seeds", type=int, default=1, help="runs per variant (seeds 0..N-1)")
     parser.add_argument("--variants", default=json.dumps(DEFAULT_VARIANTS),
                         help='JSON list of [name, {TrainConfig overrides}] or [name, {TrainConfig overrides}, {AugmentConfig overrides}]')
@@ -101,16 +103,17 @@ def main(argv: list[str] | None = None) -> None:
     variants = [(v[0], v[1], v[2] if len(v) > 2 else {}) for v in json.loads(args.variants)]
 
     print(describe())
-    data = load_dataset(args.data)
+    data = load_dataset(args.data, image_size=args.image_size)
     print(f"data: {data.train.name} {len(data.train)} train / {len(data.test)} test; {args.epochs} epochs, seeds 0..{args.seeds - 1}")
-    first = TrainConfig(**{"data": args.data, "epochs": args.epochs, **variants[0][1]})
+    first = TrainConfig(**{"data": args.data, "epochs": args.epochs, "image_size": args.image_size, **variants[0][1]})
     print(f"raw-pixel kNN (k=20) on the validation slice ({len(monitor_rows(first, data)[1])} training images held out "
           f"of the monitor's bank; the test split is not used): {raw_pixel_validation_knn(first, data):.2%}")
     results: dict[str, list[list[float]]] = {name: [] for name, _, _ in variants}
     seconds: dict[str, list[float]] = {name: [] for name, _, _ in variants}
     for seed in range(args.seeds):
         for name, overrides, view_overrides in variants:
-            config = TrainConfig(**{"data": args.data, "epochs": args.epochs, "seed": seed, **overrides})
+            config = TrainConfig(**{"data": args.data, "epochs": args.epochs, "image_size": args.image_size, "seed": seed,
+                                    **overrides})
             if seed == 0:
                 print(f"{name}: untrained network kNN {untrained_knn(config, data):.2%}", flush=True)
             method = build_method(config, data.train.shape[0], data.train.num_classes)

@@ -221,3 +221,57 @@ def test_index_and_kmeans_scale_scripts_run(tmp_path) -> None:
     run = subprocess.run([sys.executable, str(BENCH / "kmeans_scale.py"), "--sizes", "3000", "--dim", "16",
                           "--out", str(tmp_path / "km.json")], check=True, capture_output=True, text=True)
     assert "faiss" in run.stdout
+
+
+def test_default_length_compares_rules_against_raw_pixels(fmnist_small, tmp_path, capsys) -> None:
+    mod = load("default_length")
+    assert mod.parse_rule("epochs=30") == {"epochs": 30}
+    assert mod.parse_rule("steps=2000") == {"epochs": None, "steps": 2000}
+    with pytest.raises(SystemExit, match="expected epochs=E or steps=S"):
+        mod.parse_rule("minutes=3")
+    import torch
+
+    labels = torch.arange(100) % 4
+    rows = mod.stratified_rows(labels, 10, torch.arange(20), seed=0)
+    assert len(rows) == 10 and not torch.isin(rows, torch.arange(20)).any()
+    assert torch.bincount(labels[rows], minlength=4).tolist() == [3, 3, 2, 2]
+    path, _ = fmnist_small  # 600 training images: 4 steps an epoch at batch 128, so steps=5 plans 2 epochs
+    out = tmp_path / "rows.json"
+    mod.main(["--sizes", "0", "--folder", str(path), "--rules", "epochs=1", "steps=5", "--out", str(out)])
+    rows_out = json.loads(out.read_text())["rows"]
+    assert [r["rule"] for r in rows_out] == ["raw pixels", "epochs=1", "steps=5"]
+    assert [r.get("epochs") for r in rows_out] == [None, 1, 2]
+    assert "| fmnist_small.npz (600) | steps=5 | 2 | 8 |" in capsys.readouterr().out
+
+
+def test_emoji_folder_checks_the_checksum_and_files_by_category(tmp_path, monkeypatch) -> None:
+    import base64
+    import hashlib
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    mod = load("emoji_folder")
+    meta = [{"image": "1f600.png", "category": "Smileys & Emotion"},
+            {"image": "1f44b.png", "category": "People & Body", "skin_variations": {"1F3FB": {"image": "1f44b-1f3fb.png"}}},
+            {"image": "1f3fb.png", "category": "Component"}]
+    tar_path = tmp_path / "emoji.tgz"
+    with tarfile.open(tar_path, "w:gz") as tar:
+        def add(name: str, data: bytes) -> None:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        add("package/emoji.json", json.dumps(meta).encode())
+        for name in ("1f600.png", "1f44b.png", "1f44b-1f3fb.png", "1f3fb.png"):
+            png = io.BytesIO()
+            Image.new("RGBA", (4, 4), (255, 0, 0, 128)).save(png, format="PNG")
+            add(mod.IMAGE_DIR + name, png.getvalue())
+    with pytest.raises(SystemExit, match="is not the registry's"):
+        mod.build(tar_path, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    digest = "sha512-" + base64.b64encode(hashlib.sha512(tar_path.read_bytes()).digest()).decode()
+    monkeypatch.setattr(mod, "INTEGRITY", digest)
+    counts = mod.build(tar_path, tmp_path / "emoji")
+    assert dict(counts) == {"smileys-emotion": 1, "people-body": 2}  # skin variants join their emoji; Component left out
+    assert sorted(p.name for p in (tmp_path / "emoji" / "people-body").iterdir()) == ["1f44b-1f3fb.png", "1f44b.png"]
