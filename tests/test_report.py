@@ -156,3 +156,21 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     errors = [line for line in proc.stderr.splitlines()
               if ("Uncaught" in line or "ERROR:CONSOLE" in line) and "report.html" in line]
     assert not errors, errors
+
+
+def test_report_puts_the_headline_first_and_folds_other_methods_options(report):
+    """Issue 17: accuracy against baselines, the map and neighbours come before the curves and the configuration,
+    and options of other methods (a simclr run: dino's, vicreg's, the queue) are folded into a <details>."""
+    from contrastkit.report import option_applies
+
+    _, text = report
+    order = [text.index(f"<h2>{s}") for s in ("Accuracy against baselines", "2-D map", "Nearest neighbours",
+                                               "Training curves", "Per-class accuracy", "Configuration")]
+    assert order == sorted(order)
+    config = text[text.index("<h2>Configuration"):]
+    folded = config.index("<details>")
+    assert config.index("<td>batch_size</td>") < folded and config.index("<td>temperature</td>") < folded
+    for other in ("dino_out_dim", "vicreg_sim_weight", "queue_size", "margin", "momentum"):
+        assert config.index(f"<td>{other}</td>") > folded, other
+    assert option_applies("momentum", "dino") and option_applies("queue_size", "nnclr")
+    assert not option_applies("temperature", "byol") and option_applies("epochs", "byol")

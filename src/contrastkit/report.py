@@ -320,16 +320,21 @@ def build_report(run_dir: str | Path, *, seed: int = 0, max_points: int = 5000, 
         if emb.meta.get(key):
             summary.append((key, emb.meta[key]))
     parts.append(table(["", ""], summary))
-    if config is not None:
-        parts.append(_section("Configuration", table(["option", "value"], sorted(config.items()))))
-    if "curves" in pngs:
-        parts.append(_section("Training curves", img_tag(pngs["curves"], "training curves")))
+    # The first screen holds what a reader wants first: accuracy against the baselines, the map, a neighbour
+    # grid (issue 17); the training curves, per-class figures and the configuration follow.
     if metrics is not None:
         head = f"<p>{esc(metrics.get('data', ''))}: {esc(metrics.get('n_train', ''))} train / {esc(metrics.get('n_test', ''))} test images</p>"
         parts.append(_section("Accuracy against baselines", head + metrics_table(metrics)))
-        parts.append(_section("Per-class accuracy (test split)", per_class_table(metrics)))
     else:
         parts.append(_section("Accuracy against baselines", _note(metrics_note)))
+    parts.append(_section("2-D map of the embeddings (t-SNE)", img_tag(pngs["map"], "2-D map")))
+    if "neighbours" in pngs:
+        parts.append(_section("Nearest neighbours", "<p>Each row: a test image, then its 8 nearest training "
+                              "images by cosine similarity, nearest first.</p>" + img_tag(pngs["neighbours"], "neighbours")))
+    if "curves" in pngs:
+        parts.append(_section("Training curves", img_tag(pngs["curves"], "training curves")))
+    if metrics is not None:
+        parts.append(_section("Per-class accuracy (test split)", per_class_table(metrics)))
     train_x, train_y = emb.split("train")
     test_x, test_y = emb.split("test")
     if train_y is not None and test_y is not None and len(train_x) and len(test_x) and (train_y >= 0).all() and (test_y >= 0).all():
@@ -341,10 +346,6 @@ def build_report(run_dir: str | Path, *, seed: int = 0, max_points: int = 5000, 
             img_tag(confusion_matrix_figure(m, names), "confusion matrix")
             + table(["true \\ predicted", *names], [(n, *m[i].tolist()) for i, n in enumerate(names)]),
         ))
-    parts.append(_section("2-D map of the embeddings (t-SNE)", img_tag(pngs["map"], "2-D map")))
-    if "neighbours" in pngs:
-        parts.append(_section("Nearest neighbours", "<p>Each row: a test image, then its 8 nearest training "
-                              "images by cosine similarity, nearest first.</p>" + img_tag(pngs["neighbours"], "neighbours")))
     get_images, why = run_images(run_dir, emb.sources) if config is not None else (None, "no config.json")
     if get_images is not None:
         montages, source = cluster_montages(run_dir, emb, get_images, seed=seed)
@@ -361,11 +362,50 @@ def build_report(run_dir: str | Path, *, seed: int = 0, max_points: int = 5000, 
     generation = generation_section(run_dir, seed=seed)
     if generation is not None:
         parts.append(generation)
+    if config is not None:
+        parts.append(_section("Configuration", configuration_html(config)))
     for name, reason in skipped.items():
         parts.append(_note(f"{name}: skipped ({reason})"))
     body = "\n".join(parts)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
             f"<style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n")
+
+
+# Options that only some methods read (their help strings in config.TrainConfig say which); every other
+# option applies to every method. Keys ending in "_" cover every option with that prefix.
+METHOD_OPTIONS: dict[str, frozenset[str]] = {
+    "temperature": frozenset({"simclr", "supcon", "moco", "nnclr"}),
+    "margin": frozenset({"pairwise"}),
+    "distance": frozenset({"pairwise"}),
+    "barlow_lambda": frozenset({"barlowtwins"}),
+    "vicreg_": frozenset({"vicreg"}),
+    "momentum": frozenset({"byol", "moco", "dino"}),
+    "dino_": frozenset({"dino"}),
+    "local_views": frozenset({"dino", "simclr"}),
+    "queue_size": frozenset({"moco", "nnclr"}),
+    "pred_hidden_dim": frozenset({"byol", "simsiam", "nnclr"}),
+}
+
+
+def option_applies(name: str, method: str | None) -> bool:
+    """Whether TrainConfig option ``name`` matters to ``method`` (see :data:`METHOD_OPTIONS`)."""
+    for key, methods in METHOD_OPTIONS.items():
+        if name == key or (key.endswith("_") and name.startswith(key)):
+            return method in methods
+    return True
+
+
+def configuration_html(config: dict[str, Any]) -> str:
+    """The run's options that apply to its method, then the others folded away in a ``<details>``."""
+    method = config.get("method")
+    rows = sorted(config.items())
+    used = [(k, v) for k, v in rows if option_applies(k, method)]
+    other = [(k, v) for k, v in rows if not option_applies(k, method)]
+    body = table(["option", "value"], used)
+    if other:
+        body += (f"<details><summary>{len(other)} options of other methods (not used by {esc(method)})</summary>"
+                 + table(["option", "value"], other) + "</details>")
+    return body
 
 
 def report_run(run_dir: str | Path, out: str | Path | None = None, **options: Any) -> Path:
