@@ -286,7 +286,7 @@ def test_single_process_collectives_are_the_identity():
 def test_augmentation_streams_differ_per_rank_and_rank_0_is_the_single_process_one():
     seeds = {augment_seed(0, e, r) for e in range(50) for r in range(8)}
     assert len(seeds) == 400
-    from contrastkit.train import _epoch_seed
+    from contrastkit.engine import epoch_seed as _epoch_seed
 
     assert augment_seed(3, 5, 0) == _epoch_seed(3, 5, 2)
 

@@ -158,6 +158,15 @@ class RunResult:
     elapsed_s: float  # training seconds counted against the budget, over every session of the run
 
 
+def epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    """The seed of one epoch's draws of one random stream: a pure function of (seed, epoch, stream), below 2**63.
+
+    Batch sources seed their per-epoch generators from it, so batches stay a
+    pure function of (seed, epoch, step); each caller picks its own streams.
+    """
+    return (seed * 1_000_003 + epoch * 7919 + stream) % (2**63)
+
+
 def place(module: nn.Module, runtime: Runtime) -> nn.Module:
     """Move ``module`` to the runtime's device and memory format (in place), before its optimiser is built."""
     module.to(runtime.device)

@@ -261,11 +261,6 @@ class SelfLabelTrainable(nn.Module):
 # ----------------------------------------------------------------------------- on the engine
 
 
-def epoch_seed(seed: int, epoch: int, stream: int) -> int:
-    """The seed of one epoch's draws (stream 0: SCAN, 1: self-labelling), a pure function of its arguments."""
-    return (seed * 1_000_003 + epoch * 7919 + stream) % (2**63)
-
-
 class _FeatureEpoch:
     """One epoch of :class:`FeatureBatches`; every draw is made at its start, so it has no state to keep."""
 
@@ -289,9 +284,10 @@ class FeatureBatches:
     """The engine's batch source of both phases: ``(items, one neighbour of each)`` or ``(items,)`` per step.
 
     A pure function of (seed, epoch, step): each epoch draws, from a CPU
-    generator seeded by :func:`epoch_seed`, one of its mined neighbours for
-    every item (with ``neighbours``; the official code samples one per item)
-    and then the order of the items. Batches hold ``min(batch_size, N)``
+    generator seeded by :func:`contrastkit.engine.epoch_seed` (stream 0:
+    SCAN, 1: self-labelling), one of its mined neighbours for every item
+    (with ``neighbours``; the official code samples one per item) and then
+    the order of the items. Batches hold ``min(batch_size, N)``
     items; a last partial batch is dropped (never the only one).
 
     Args:
@@ -312,7 +308,7 @@ class FeatureBatches:
 
     def epoch(self, epoch: int, start_step: int, state: torch.Tensor | None) -> _FeatureEpoch:
         n, dev = len(self.x), self.x.device
-        g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, self.stream))
+        g = torch.Generator().manual_seed(engine.epoch_seed(self.seed, epoch, self.stream))
         pick = None
         if self.neighbours is not None:
             column = torch.randint(self.neighbours.shape[1], (n,), generator=g).to(dev)

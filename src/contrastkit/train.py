@@ -102,10 +102,6 @@ class FitResult:
                        "(BENCHMARKS.md lists what was measured)")
 
 
-def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
-    return (seed * 1_000_003 + epoch * 7919 + stream) % (2**63)
-
-
 def epoch_order(n: int, seed: int, epoch: int, weights: torch.Tensor | None = None) -> torch.Tensor:
     """The item order of one epoch: a pure function of (seed, epoch, weights), the same on every rank.
 
@@ -113,7 +109,7 @@ def epoch_order(n: int, seed: int, epoch: int, weights: torch.Tensor | None = No
     ``weights`` (``--balance``, :mod:`contrastkit.balance`): ``n`` items drawn
     with replacement in proportion to them, from the same seeded generator.
     """
-    g = torch.Generator().manual_seed(_epoch_seed(seed, epoch, 1))
+    g = torch.Generator().manual_seed(engine.epoch_seed(seed, epoch, 1))
     if weights is None:
         return torch.randperm(n, generator=g)
     if weights.shape != (n,):
@@ -128,7 +124,7 @@ def augment_seed(seed: int, epoch: int, rank: int = 0) -> int:
     rank term, a multiple of a prime coprime to the epoch's, never collides
     with another epoch of the same run below 7919 ranks).
     """
-    return _epoch_seed(seed, epoch, 2 + 104_729 * rank)
+    return engine.epoch_seed(seed, epoch, 2 + 104_729 * rank)
 
 
 def data_info(train: ImageDataset, config: TrainConfig) -> dict[str, Any]:
