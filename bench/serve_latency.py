@@ -5,7 +5,8 @@ temporary folder): ``embeddings.npy`` (the Gaussian mixture of
 bench/index_scale.py, written chunk by chunk, --dim dimensions), ``items.csv``
 (90 % train, 10 % test, a label per item), ``meta.json`` (10 class names),
 ``labels.csv`` (cluster = label, a random confidence), an ``.npz`` data set of
-8 x 8 grayscale images and ``config.json`` pointing at it, so images are
+8 x 8 grayscale images (every 997th item an exact copy of the one before)
+and ``config.json`` pointing at it, so images are
 served by row from the run's own data set as in a real run. It then starts
 the explorer as ``contrastkit serve`` does (the state read, the search index
 found or built: exact up to 100 000 items, ``contrastkit index``'s tuned IVF
@@ -17,9 +18,16 @@ parameters (another offset, item, region). Uploads are not timed: they add one
 forward pass of the encoder (independent of N) to the neighbour search timed
 here.
 
+With ``--audit`` it also times the data problems check (``contrastkit
+audit``, run as the page's button runs it: the kNN graph from the run's
+index, exact duplicates by image digests, outliers, cleanlab's label issues,
+audit.csv written) and then the problems view: the items of each problem
+found, worst first, paged on the server.
+
 Usage:
     python bench/serve_latency.py --sizes 2000 --repeats 5 --map-points 300   # smoke run, seconds
     python bench/serve_latency.py --sizes 100000 1000000 --out serve_latency.json
+    python bench/serve_latency.py --sizes 100000 1000000 --audit --out serve_latency.json
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from index_scale import Mixture  # noqa: E402
 
 CLASSES = 10
 CHUNK = 65_536  # rows generated and written at a time
+DUPLICATE_EVERY = 997  # every 997th item is an exact copy (image and embedding) of the one before, for the audit to find
 
 
 def write_run(folder: Path, n: int, dim: int, seed: int = 0) -> None:
@@ -63,10 +72,13 @@ def write_run(folder: Path, n: int, dim: int, seed: int = 0) -> None:
         x, c = mix.sample(min(CHUNK, n - start), start // CHUNK)
         emb[start : start + len(x)] = x
         component[start : start + len(x)] = c
-    emb.flush()
-    del emb
     label = component % CLASSES
     images = (label[:, None, None] * 20 + rng.integers(0, 60, (n, 8, 8))).astype(np.uint8)  # (N, 8, 8)
+    copies = np.arange(DUPLICATE_EVERY, n, DUPLICATE_EVERY)  # planted exact duplicates of the item before
+    for i in copies.tolist():
+        emb[i], images[i], label[i] = emb[i - 1], images[i - 1], label[i - 1]
+    emb.flush()
+    del emb
     np.savez(folder / "data.npz", images=images[:n_train], labels=label[:n_train], test_images=images[n_train:],
              test_labels=label[n_train:], class_names=np.array([f"class{c}" for c in range(CLASSES)]))
     TrainConfig(data=str(folder / "data.npz")).save(folder / "config.json")
@@ -96,8 +108,9 @@ def start_state(folder: Path, map_points: int) -> tuple[Any, float]:
     return state, time.perf_counter() - t
 
 
-def requests_for(n: int, bounds: list[float], repeats: int, rng: np.random.Generator) -> dict[str, list[tuple[str, str, Any]]]:
-    """Per request kind, ``repeats`` (method, path, body) with different parameters."""
+def requests_for(n: int, bounds: list[float], repeats: int, rng: np.random.Generator,
+                 problems: list[str] = ()) -> dict[str, list[tuple[str, str, Any]]]:
+    """Per request kind, ``repeats`` (method, path, body) with different parameters; ``problems``: audit's, to list worst first."""
     x0, y0, x1, y1 = bounds
     out: dict[str, list[tuple[str, str, Any]]] = {}
 
@@ -122,6 +135,9 @@ def requests_for(n: int, bounds: list[float], repeats: int, rng: np.random.Gener
     out["map points"] = [("GET", "/api/map", None)] * repeats
     out["label write-back"] = [("POST", "/api/labels", {"item": int(i), "label": f"class{int(i) % CLASSES}"})
                                for i in items[:repeats]]
+    for problem in problems:
+        out[f"problems: {problem}, worst first"] = [
+            ("GET", f"/api/items?problem={problem}&sort=severity&limit=60", None)] * repeats
     return out
 
 
@@ -145,7 +161,8 @@ def time_requests(state: Any, repeats: int, seed: int) -> dict[str, dict[str, fl
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     results: dict[str, dict[str, float]] = {}
     try:
-        calls_by_kind = requests_for(state.n, state.map_points()["bounds"], repeats, np.random.default_rng(seed))
+        problems = [p for p, mask in state.problems.items() if mask.any()]
+        calls_by_kind = requests_for(state.n, state.map_points()["bounds"], repeats, np.random.default_rng(seed), problems)
         for kind, calls in calls_by_kind.items():
             ms, size = [], 0
             for method, path, body in calls:
@@ -177,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--map-points", type=int, default=5000, help="items in the t-SNE of the map (default: 5000, serve's)")
     parser.add_argument("--data-dir", type=Path, default=None, help="where the run folders go (default: a temporary folder, removed)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--audit", action="store_true",
+                        help="also time the data problems check (contrastkit audit) and the problems view")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args(argv)
     print(describe(), flush=True)
@@ -198,19 +217,32 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             state.image_png(0)  # the data set is loaded on the first image
             images_s = time.perf_counter() - t
+            audit: dict[str, Any] = {}
+            if args.audit:
+                (folder / "audit.csv").unlink(missing_ok=True)
+                t = time.perf_counter()
+                state.run_audit()  # what POST /api/audit runs
+                audit = {"audit_s": time.perf_counter() - t, "peak_rss_gib": peak_rss_bytes() / 2**30,
+                         "found": {p: int(m.sum()) for p, m in state.problems.items()}}
+                print(f"  audit: {audit['audit_s']:.1f} s, items found per problem {audit['found']}; "
+                      f"peak RSS so far {audit['peak_rss_gib']:.2f} GiB", flush=True)
             timings = time_requests(state, args.repeats, args.seed)
             results[str(n)] = {"first_start_s": first, "cached_start_s": cached, "first_image_s": images_s,
-                               "requests": timings}
+                               "requests": timings, **audit}
             print(f"  start: {first:.1f} s the first time (map and index computed), {cached:.1f} s with them cached; "
                   f"first image {images_s:.1f} s (loads the data set)", flush=True)
             (folder / "seed_labels.csv").unlink(missing_ok=True)
         sizes = [str(n) for n in args.sizes]
         print("\n| request | " + " | ".join(f"{int(n):,} items: median / p90 ms" for n in sizes) + " | response bytes |")
         print("| --- | " + " | ".join("---" for _ in sizes) + " | --- |")
-        for kind in results[sizes[0]]["requests"]:
+        kinds = dict.fromkeys(kind for n in sizes for kind in results[n]["requests"])  # problems found may differ by size
+        for kind in kinds:
             cells = [f"{results[n]['requests'][kind]['median_ms']:.1f} / {results[n]['requests'][kind]['p90_ms']:.1f}"
-                     for n in sizes]
-            print(f"| {kind} | " + " | ".join(cells) + f" | {results[sizes[-1]]['requests'][kind]['bytes']:,} |")
+                     if kind in results[n]["requests"] else "-" for n in sizes]
+            size = next(results[n]["requests"][kind]["bytes"] for n in reversed(sizes) if kind in results[n]["requests"])
+            print(f"| {kind} | " + " | ".join(cells) + f" | {size:,} |")
+        if args.audit:
+            print("| audit (contrastkit audit, s) | " + " | ".join(f"{results[n]['audit_s']:.1f}" for n in sizes) + " | |")
         print(f"peak RSS {peak_rss_bytes() / 2**30:.2f} GiB")
         if args.out:
             write_results(args.out, args, results)
