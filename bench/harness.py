@@ -22,7 +22,8 @@ from contrastkit.config import TrainConfig
 from contrastkit.data.dataset import DataSplits, ImageDataset
 from contrastkit.embedding import compute_embeddings
 from contrastkit.evaluation import evaluate_features
-from contrastkit.methods import Method, build_method
+from contrastkit.methods import build_method
+from contrastkit.methods.base import Method
 from contrastkit.optim import build_optimizer
 from contrastkit.runtime import Runtime
 from contrastkit.train import FitResult, ViewMaker, augment_recipe, data_info, fit

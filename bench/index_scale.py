@@ -5,7 +5,7 @@ For each size N the script writes synthetic embeddings (a Gaussian mixture of
 noise, L2-normalised: the low intrinsic dimension of real embeddings) chunk by
 chunk to a memory-mapped .npy, so 10M x 512 (20 GB) is never in RAM at once.
 It then computes the exact top-10 of --queries held-out queries by brute force
-over the memory map (``contrastkit.index.exact_search``, in chunks), the
+over the memory map (``contrastkit.vectors.exact_search``, in chunks), the
 reference of every recall figure, and for each index kind, in a child process
 of its own (so that the peak memory measured is that kind's alone):
 
@@ -208,7 +208,8 @@ def measure_kind(path: str, kind: str, queries: np.ndarray, exact: np.ndarray, r
     """Build one index from the memory map at ``path`` and measure it (run in a fresh process)."""
     import faiss
 
-    from contrastkit.index import build_index, search
+    from contrastkit.index import build_index
+    from contrastkit.index_search import search
 
     anon = AnonPeak()
     features = np.load(path, mmap_mode="r")
@@ -294,7 +295,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import faiss
 
-    from contrastkit.index import HNSW_M, IVFPQ_MIN_ITEMS, exact_search
+    from contrastkit.index import HNSW_M, IVFPQ_MIN_ITEMS
+    from contrastkit.vectors import exact_search
 
     budget = int(args.memory_gib * 2**30) if args.memory_gib else int(0.8 * available_bytes())
     print(describe())

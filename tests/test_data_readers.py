@@ -22,7 +22,8 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from contrastkit.data.dataset import DataSplits
-from contrastkit.data.folder import LazyFolderImages, load_folder, load_image_file
+from contrastkit.data.decode import LazyFolderImages, load_image_file
+from contrastkit.data.folder import load_folder
 from contrastkit.data.formats import load_path, resize_images
 from contrastkit.data.idx import (
     load_idx_dir,

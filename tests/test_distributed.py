@@ -31,7 +31,8 @@ from contrastkit import distributed
 from contrastkit.checkpoint import load_checkpoint, load_method
 from contrastkit.config import METHOD_NAMES, TrainConfig
 from contrastkit.errors import ConfigError
-from contrastkit.methods import Method, build_method
+from contrastkit.methods import build_method
+from contrastkit.methods.base import Method
 from contrastkit.runlock import run_lock
 from contrastkit.runtime import torch_threads
 from contrastkit.train import _no_buffer_sync, augment_seed
@@ -286,7 +287,7 @@ def test_single_process_collectives_are_the_identity():
 def test_augmentation_streams_differ_per_rank_and_rank_0_is_the_single_process_one():
     seeds = {augment_seed(0, e, r) for e in range(50) for r in range(8)}
     assert len(seeds) == 400
-    from contrastkit.engine import epoch_seed as _epoch_seed
+    from contrastkit.engine_contract import epoch_seed as _epoch_seed
 
     assert augment_seed(3, 5, 0) == _epoch_seed(3, 5, 2)
 

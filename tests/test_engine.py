@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contrastkit import engine
+from contrastkit.engine_contract import Plan, RunResult, Selection
 from contrastkit.errors import CheckpointError
 from contrastkit.runtime import Runtime
 
@@ -116,16 +117,16 @@ class ValidationMSE:
         return f"val {record['val_mse']:.4f}"
 
 
-def train_toy(out: Path, resume: bool = False, kill_at: int = 0, minutes: float | None = None) -> engine.RunResult:
+def train_toy(out: Path, resume: bool = False, kill_at: int = 0, minutes: float | None = None) -> RunResult:
     torch.manual_seed(0)
     model = Regressor()
     model.kill_at = kill_at
     source = NoisyRows()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    plan = engine.Plan(epochs=EPOCHS, lr=lambda step: 1e-2 * (1 - step / (EPOCHS * source.steps_per_epoch)),
-                       checkpoint_minutes=1e-9, minutes=minutes)  # a checkpoint after every step
+    plan = Plan(epochs=EPOCHS, lr=lambda step: 1e-2 * (1 - step / (EPOCHS * source.steps_per_epoch)),
+                checkpoint_minutes=1e-9, minutes=minutes)  # a checkpoint after every step
     return engine.run(model, source, optimizer, plan, Runtime.create("cpu", "fp32", False), out, resume=resume,
-                      progress=False, monitor=ValidationMSE(model, source), selection=engine.Selection("val_mse", "min"))
+                      progress=False, monitor=ValidationMSE(model, source), selection=Selection("val_mse", "min"))
 
 
 def _script(*args: str) -> subprocess.CompletedProcess:
@@ -186,9 +187,9 @@ def test_budget_stops_the_toy_inside_an_epoch_and_a_larger_budget_finishes_it(tm
 
 def test_plan_checks_its_numbers():
     with pytest.raises(Exception, match="--minutes must be > 0"):
-        engine.Plan(epochs=1, lr=lambda s: 0.1, minutes=0)
+        Plan(epochs=1, lr=lambda s: 0.1, minutes=0)
     with pytest.raises(Exception, match="--epochs must be > 0"):
-        engine.Plan(epochs=0, lr=lambda s: 0.1)
+        Plan(epochs=0, lr=lambda s: 0.1)
 
 
 class SometimesNothingToLearn(Regressor):
@@ -212,7 +213,7 @@ def test_a_loss_without_gradient_takes_no_step_and_a_run_without_folder_writes_a
     steps: list[tuple[int, list[torch.Tensor]]] = []
     model.after_step = lambda step, total: steps.append((step, [p.detach().clone() for p in model.parameters()]))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.5)  # decay alone would move them
-    plan = engine.Plan(epochs=2, lr=lambda step: 1e-2, checkpoint_minutes=1e-9)
+    plan = Plan(epochs=2, lr=lambda step: 1e-2, checkpoint_minutes=1e-9)
     capsys.readouterr()
     result = engine.run(model, NoisyRows(), optimizer, plan, Runtime.create("cpu", "fp32", False), None,
                         progress=False, report=False, monitor=ValidationMSE(model, NoisyRows()))

@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 
 from contrastkit.data.cifar import load_pickle
-from contrastkit.data.folder import load_folder, load_image_file
+from contrastkit.data.decode import load_image_file
+from contrastkit.data.folder import load_folder
 from contrastkit.data.formats import load_path
 from contrastkit.data.idx import read_idx_images
 from contrastkit.errors import DataError

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from contrastkit import engine
+from contrastkit.engine_contract import Plan
 from contrastkit.cli import main
 from contrastkit.generate.complete import MASKS, make_mask, masked_error, mean_fill
 from contrastkit.generate.flow import euler_sample, flow_matching_loss, guided_velocity, interpolate, time_embedding
@@ -103,7 +104,7 @@ def test_rep_generator_trained_on_a_2d_mixture_moves_noise_toward_it(tmp_path) -
     trainable = FlowTrainable(VelocityMLP(2, hidden=64, blocks=2), pixels=False, ema_decay=0.99)
     source = FlowBatches(data, None, 128, seed=0, p_uncond=0.0, device=torch.device("cpu"))
     optimizer = torch.optim.AdamW(trainable.net.parameters(), lr=3e-3, weight_decay=0.0)
-    plan = engine.Plan(epochs=25, lr=lambda step: 3e-3)
+    plan = Plan(epochs=25, lr=lambda step: 3e-3)
     engine.run(trainable, source, optimizer, plan, Runtime.create("cpu", "fp32", False), tmp_path / "mix",
                progress=False)
     noise = torch.randn(2000, 2, generator=g)

@@ -11,21 +11,12 @@ from PIL import Image
 
 from contrastkit.cli import main
 from contrastkit.errors import ConfigError, DataError
-from contrastkit.index import (
-    INDEX_FILE,
-    INDEX_INFO_FILE,
-    IVFPQ_MIN_ITEMS,
-    auto_kind,
-    build_index,
-    embed_query_images,
-    exact_search,
-    index_run,
-    read_index,
-    recall_at_k,
-    search,
-    write_index,
-)
+from contrastkit.index import IVFPQ_MIN_ITEMS, auto_kind, build_index
+from contrastkit.index_files import INDEX_FILE, INDEX_INFO_FILE, index_run, read_index, write_index
+from contrastkit.index_search import recall_at_k, search
+from contrastkit.montage import embed_query_images
 from contrastkit.similar import search_run
+from contrastkit.vectors import exact_search
 
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")

@@ -182,7 +182,7 @@ def test_propagation_on_the_shared_graph_equals_scikit_learn_label_spreading():
 
     from sklearn.semi_supervised import LabelSpreading
 
-    from contrastkit.index import normalise
+    from contrastkit.vectors import normalise
     from contrastkit.label import _predict_propagation, knn_graph
 
     rng = np.random.default_rng(0)

@@ -12,7 +12,11 @@ from contrastkit.checkpoint import load_checkpoint, load_method
 from contrastkit.cli import _config_from_args, build_parser
 from contrastkit.config import METHOD_NAMES, TrainConfig
 from contrastkit.errors import ConfigError
-from contrastkit.methods import BYOL, DINO, METHODS, FeatureQueue, MoCo, build_method, cosine_momentum, ema_update
+from contrastkit.methods import METHODS, build_method
+from contrastkit.methods.contrastive import MoCo
+from contrastkit.methods.dino import DINO
+from contrastkit.methods.non_contrastive import BYOL
+from contrastkit.methods.targets import FeatureQueue, cosine_momentum, ema_update
 from contrastkit.models.heads import DINOHead
 from contrastkit.optim import build_optimizer
 from contrastkit.train import LOCAL_SIZE_RATIO, fit
@@ -369,7 +373,7 @@ def test_dino_without_local_views_is_algorithm_1() -> None:
 
 
 def test_warmed_up_is_linear_then_constant() -> None:
-    from contrastkit.methods import warmed_up
+    from contrastkit.methods.targets import warmed_up
 
     assert [warmed_up(k, 4, 0.04, 0.08) for k in (0, 1, 2, 4, 9)] == pytest.approx([0.04, 0.05, 0.06, 0.08, 0.08])
     assert warmed_up(0, 0, 0.04, 0.07) == 0.07  # no warm-up: the final value from the start

@@ -7,7 +7,7 @@ import pytest
 from scipy import sparse
 
 from contrastkit.errors import ConfigError
-from contrastkit.index import normalise
+from contrastkit.vectors import normalise
 from contrastkit.poisson import (
     gaussian_knn_weights,
     knn_weight_matrix,

@@ -23,7 +23,9 @@ from contrastkit.data import load_dataset
 from contrastkit.embedding import write_embeddings
 from contrastkit.explorer import app as app_module
 from contrastkit.explorer.app import allowed_hosts, create_app
-from contrastkit.explorer.state import MAP_FILE, SEEDS_FILE, RunState
+from contrastkit.explorer.loading import MAP_FILE
+from contrastkit.explorer.review import SEEDS_FILE
+from contrastkit.explorer.state import RunState
 from contrastkit.label import write_labels_csv
 
 N_TRAIN, N_TEST, CLASSES, DIM = 60, 21, 3, 16

@@ -17,7 +17,8 @@ from contrastkit.checkpoint import load_checkpoint, load_method
 from contrastkit.cli import build_parser, main
 from contrastkit.config import TrainConfig
 from contrastkit.data.dataset import DataSplits, ImageDataset
-from contrastkit.data.folder import LazyFolderImages, load_folder
+from contrastkit.data.decode import LazyFolderImages
+from contrastkit.data.folder import load_folder
 from contrastkit.data.streaming import IndexBatches, prefetch, resolve_workers
 from contrastkit.embedding import (
     compute_embeddings,

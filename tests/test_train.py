@@ -211,7 +211,7 @@ def test_train_prints_its_expected_time_and_a_verdict_against_raw_pixels(fmnist_
     own bank and validation slice, equal to scikit-learn's cosine 1-NN on the same pixels."""
     from sklearn.neighbors import KNeighborsClassifier
 
-    from contrastkit.engine import ESTIMATE_AFTER_STEPS
+    from contrastkit.engine_report import ESTIMATE_AFTER_STEPS
     from contrastkit.train import FitResult, _Monitor, validation_split
 
     _, data = fmnist_small

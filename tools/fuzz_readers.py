@@ -50,7 +50,8 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from PIL import Image
 
-from contrastkit.data.folder import load_folder, load_image_file
+from contrastkit.data.decode import load_image_file
+from contrastkit.data.folder import load_folder
 from contrastkit.data.formats import load_path
 from contrastkit.errors import ContrastkitError
 

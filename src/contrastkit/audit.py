@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from contrastkit import index as ix
+from contrastkit import index_files, index_search
 from contrastkit.atomic import AtomicFiles
 from contrastkit.errors import ConfigError, DataError
 from contrastkit.runlock import run_lock
@@ -140,7 +141,7 @@ def neighbour_graph(features: np.ndarray, k: int = NEIGHBOURS, index: Any = None
     ids = np.empty((n, k), dtype=np.int64)
     scores = np.empty((n, k), dtype=np.float32)
     for start, q in normalised_chunks(features, chunk_rows(features.shape[1], 16 * 2**20)):
-        s, i = ix.search(index, q, k + 1, features=features, rerank_factor=rerank)  # (B, k + 1)
+        s, i = index_search.search(index, q, k + 1, features=features, rerank_factor=rerank)  # (B, k + 1)
         rows = np.arange(start, start + len(q))[:, None]
         own = i == rows
         # drop the item itself; when identical items pushed it out of the top k + 1, drop the last one
@@ -397,9 +398,9 @@ def audit_run(run_dir: str | Path, *, k: int = NEIGHBOURS, near_factor: float = 
             if get is not None:
                 digests, basis = image_digests(get, len(emb.features)), "decoded pixels (BLAKE2b of the uint8 image)"
         index, rerank = None, 1
-        if (run_dir / ix.INDEX_FILE).is_file():
+        if (run_dir / index_files.INDEX_FILE).is_file():
             try:
-                index, info = ix.read_index(run_dir, emb.features)
+                index, info = index_files.read_index(run_dir, emb.features)
                 rerank = int(info.get("rerank") or 1)
             except DataError:
                 index = None  # out of date: an index is built in memory instead

@@ -41,7 +41,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from contrastkit import distributed, engine
+from contrastkit import distributed
+from contrastkit.engine_contract import epoch_seed
 from contrastkit.errors import CheckpointError, ConfigError
 
 KMEANS_RESTARTS = 3  # k-means restarts per refresh (label.py's 10 cost seconds more each refresh, for a weighting only)
@@ -62,8 +63,8 @@ def inverse_size_weights(clusters: torch.Tensor) -> torch.Tensor:
 
 
 def cluster_seed(seed: int, epoch: int) -> int:
-    """The k-means seed of the refresh at epoch ``epoch``: :func:`contrastkit.engine.epoch_seed`'s stream 5, below 2**31."""
-    return engine.epoch_seed(seed, epoch, 5) % (2**31)
+    """The k-means seed of the refresh at epoch ``epoch``: :func:`contrastkit.engine_contract.epoch_seed`'s stream 5, below 2**31."""
+    return epoch_seed(seed, epoch, 5) % (2**31)
 
 
 def kmeans_clusters(features: torch.Tensor, k: int, seed: int) -> torch.Tensor:

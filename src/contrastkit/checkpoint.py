@@ -29,7 +29,8 @@ import torch
 from contrastkit.atomic import atomic_torch_save
 from contrastkit.config import TrainConfig
 from contrastkit.errors import CheckpointError, ConfigError
-from contrastkit.methods import Method, build_method
+from contrastkit.methods import build_method
+from contrastkit.methods.base import Method
 
 SCHEMA = "contrastkit.checkpoint/1"
 REQUIRED_KEYS = ("schema", "config", "data", "model", "epoch")

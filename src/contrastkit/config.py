@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contrastkit.config_dict import dataclass_from_dict
 from contrastkit.errors import ConfigError
 from contrastkit.losses import DISTANCES as DISTANCE_NAMES
 
@@ -195,11 +196,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """Build from a dict, refusing unknown keys with a clear message."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown configuration keys {unknown}; known keys: {sorted(known)}")
-        return cls(**values)
+        return dataclass_from_dict(
+            cls, values, lambda unknown, known: f"unknown configuration keys {unknown}; known keys: {known}"
+        )
 
     def save(self, path: Path) -> None:
         """Write as indented JSON (atomically)."""

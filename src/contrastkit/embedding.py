@@ -34,7 +34,7 @@ from contrastkit.augment import to_float
 from contrastkit.data.dataset import DataSplits, ImageDataset
 from contrastkit.data.streaming import IndexBatches, prefetch, resolve_workers
 from contrastkit.errors import ConfigError, DataError
-from contrastkit.methods import Method
+from contrastkit.methods.base import Method
 from contrastkit.runlock import run_lock
 from contrastkit.runtime import Runtime
 from contrastkit.sources import source_from_text, source_to_text

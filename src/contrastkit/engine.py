@@ -10,21 +10,21 @@ The engine knows nothing of images or contrastive learning. It is handed
   it to learn from) takes no optimiser step, but counts as a step (schedule,
   ``after_step``, the epoch's mean loss); under torchrun every rank skips it
   when any rank's loss has none;
-* a **batch source** (:class:`BatchSource`) whose batches are a pure function
+* a **batch source** (:class:`~contrastkit.engine_contract.BatchSource`) whose batches are a pure function
   of (seed, epoch, step): ``epoch(e, start_step, state)`` gives the batches of
   epoch ``e`` from ``start_step`` on, and ``state()`` the one piece of hidden
   state (a tensor: an RNG's state) that a checkpoint inside an epoch must keep;
   a source whose batches also depend on state it computes as it goes (the
   sampling weights of :mod:`contrastkit.balance`) has optional
   ``extra_state()`` / ``load_extra_state(state)``, kept in every checkpoint;
-* an optimiser and a :class:`Plan`: epochs, the learning rate as a pure
+* an optimiser and a :class:`~contrastkit.engine_contract.Plan`: epochs, the learning rate as a pure
   function of the step, the checkpoint interval and the wall-clock budget;
 
 and owns the rest: precision (autocast, fp16 gradient scaling), progress with
 an ETA, the NaN/inf stop, atomic checkpoints at epoch ends and every
 ``checkpoint_minutes`` inside an epoch, exact resume (weights, optimiser,
 scaler, RNG, counters and the source's states), epoch-end monitors, the best
-checkpoint and early stopping (:class:`Selection`), ``log.jsonl``, the budget,
+checkpoint and early stopping (:class:`~contrastkit.engine_contract.Selection`), ``log.jsonl``, the budget,
 and DistributedDataParallel under torchrun (rank 0 decides, shows progress and
 writes files; every rank returns the same history).
 
@@ -45,19 +45,22 @@ A short fit inside another command (SCAN's heads in ``contrastkit label``)
 passes ``run_dir=None``: nothing is written (no checkpoint, no ``log.jsonl``,
 no resume), and ``report=False``: no epoch lines (``progress`` still shows the
 bar when asked).
+
+This module is the loop; beside it :mod:`contrastkit.engine_contract` (the
+protocols, :class:`~contrastkit.engine_contract.Plan`, selection, result and
+per-epoch seeds), :mod:`contrastkit.engine_state` (checkpoint reading, RNG
+state, ``log.jsonl``) and :mod:`contrastkit.engine_report` (its stderr lines).
 """
 
 from __future__ import annotations
 
 import inspect
-import json
 import math
-import random
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -65,106 +68,15 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from contrastkit import distributed
-from contrastkit.atomic import atomic_torch_save, atomic_write_text
+from contrastkit.atomic import atomic_torch_save
+from contrastkit.engine_contract import BatchSource, EpochBatches, Monitor, Plan, RunResult, Selection
+from contrastkit.engine_report import ESTIMATE_AFTER_STEPS, _report, expected_time_line
+from contrastkit.engine_state import _resumed_source_state, load_state, rng_state, set_rng_state, write_log
 from contrastkit.errors import CheckpointError, ConfigError, TrainingError
 from contrastkit.runtime import Runtime
 
 SCHEMA = "contrastkit.engine/1"  # schema tag of checkpoints written without a caller's own
 clock = time.monotonic  # the clock of the budget and the checkpoint interval (tests replace it)
-ESTIMATE_AFTER_STEPS = 10  # steps timed, after the first (which pays for warm-up), before the expected-time line
-
-
-class EpochBatches(Protocol):
-    """The batches of one epoch, from the step the run reached on."""
-
-    def __iter__(self) -> Iterator[tuple[Any, ...]]: ...  # each: the trainable's positional arguments
-
-    def state(self) -> torch.Tensor: ...  # this rank's hidden state now (a flat tensor), for mid-epoch checkpoints
-
-    def close(self) -> None: ...
-
-
-class BatchSource(Protocol):
-    """Batches as a pure function of (seed, epoch, step), plus a resumable state inside an epoch."""
-
-    steps_per_epoch: int
-    items_per_step: int  # global batch size: weights the epoch's mean loss and gives items/s
-    state_key: str  # checkpoint key of the state (``<key>_ranks`` for every rank's in a distributed run)
-
-    def epoch(self, epoch: int, start_step: int, state: torch.Tensor | None) -> EpochBatches:
-        """Epoch ``epoch``'s batches from ``start_step`` on; ``state`` is a checkpoint's (None: the epoch's start)."""
-        ...
-
-    # Optional, like a trainable's: extra_state() -> dict of plain values and tensors kept in every checkpoint
-    # ("source_state"), load_extra_state(state) restores it on resume before the first epoch() call.
-
-
-class Monitor(Protocol):
-    """Measured on rank 0 at every epoch end; its values join the epoch's log record."""
-
-    def measure(self) -> dict[str, Any]: ...
-
-    def summary(self, record: dict[str, Any]) -> str: ...  # text for the epoch line (may print warnings itself)
-
-
-@dataclass(frozen=True)
-class Selection:
-    """Which epoch is best (``best.pt``) and when to stop early.
-
-    Attributes:
-        metric: key of the monitor value; epochs where it is None count as improved.
-        mode: ``max`` or ``min``.
-        patience: stop after this many epochs without improvement (0 = never).
-        label: how messages name the metric.
-        fmt: how messages format it.
-    """
-
-    metric: str
-    mode: str = "max"
-    patience: int = 0
-    label: str = ""
-    fmt: str = "{:.4g}"
-
-    def better(self, value: float, best: float) -> bool:
-        return value > best if self.mode == "max" else value < best
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How long and how fast: epochs, the learning rate of each step, checkpoint interval, budget."""
-
-    epochs: int
-    lr: Callable[[int], float]  # global step -> learning rate (pure: resume depends on it)
-    checkpoint_minutes: float = 5.0  # also checkpoint inside an epoch at this interval
-    minutes: float | None = None  # wall-clock budget of the whole run (see the module docstring); None = none
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ConfigError(f"--epochs must be > 0, got {self.epochs}")
-        if not self.checkpoint_minutes > 0:
-            raise ConfigError(f"--checkpoint-minutes must be > 0, got {self.checkpoint_minutes}")
-        if self.minutes is not None and not 0 < self.minutes < float("inf"):
-            raise ConfigError(f"--minutes must be > 0 (a wall-clock budget), got {self.minutes}")
-
-
-@dataclass
-class RunResult:
-    """What :func:`run` did."""
-
-    history: list[dict[str, Any]]  # one record per epoch, as in log.jsonl (a last one cut short by the budget too)
-    best: float | None  # best value of the selection metric, None without one
-    stopped_early: bool
-    stopped_on_time: bool  # the wall-clock budget ran out before the last epoch ended
-    elapsed_s: float  # training seconds counted against the budget, over every session of the run
-
-
-def epoch_seed(seed: int, epoch: int, stream: int) -> int:
-    """The seed of one epoch's draws of one random stream: a pure function of (seed, epoch, stream), below 2**63.
-
-    Batch sources seed their per-epoch generators from it, so batches stay a
-    pure function of (seed, epoch, step); each caller picks its own streams.
-    """
-    return (seed * 1_000_003 + epoch * 7919 + stream) % (2**63)
 
 
 def place(module: nn.Module, runtime: Runtime) -> nn.Module:
@@ -173,35 +85,6 @@ def place(module: nn.Module, runtime: Runtime) -> nn.Module:
     if runtime.channels_last:
         module.to(memory_format=torch.channels_last)
     return module
-
-
-def load_state(path: Path) -> dict[str, Any]:
-    """Read a checkpoint with ``torch.load(weights_only=True)``: plain tensors and values only."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is one message
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: not a checkpoint (expected a dict, got {type(state).__name__})")
-    return state
-
-
-def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate()}
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(_to_tuple(state["python"]))
-
-
-def _to_tuple(x: Any) -> Any:
-    return tuple(_to_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-def write_log(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    """``log.jsonl``: one JSON object per epoch, written atomically."""
-    atomic_write_text(run_dir / "log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
 
 
 def agree(loss: torch.Tensor, logged: float, flags: tuple[bool, ...], world: int) -> tuple[float, tuple[bool, ...]]:
@@ -244,19 +127,6 @@ def _wrap(trainable: nn.Module, runtime: Runtime) -> nn.Module:
     if runtime.device.type == "cuda":
         device_ids = [runtime.device.index if runtime.device.index is not None else torch.cuda.current_device()]
     return DistributedDataParallel(trainable, device_ids=device_ids, **no_buffer_sync())
-
-
-def _resumed_source_state(state: dict[str, Any], key: str, rank: int, world: int) -> torch.Tensor | None:
-    """This rank's source state from a mid-epoch checkpoint; None when its world size differs."""
-    saved_world = int(state.get("world_size", 1))
-    if saved_world != world:
-        if rank == 0:
-            tqdm.write(f"note: the checkpoint was written inside an epoch by {saved_world} process(es) and this run has "
-                       f"{world}: the rest of that epoch gets other random draws (augmentations) than an "
-                       "uninterrupted run", file=sys.stderr)
-        return None
-    # A copy: Generator.set_state reads a row of the (world, bytes) tensor wrongly (a crash in torch 2.13).
-    return state[f"{key}_ranks"][rank].clone() if world > 1 else state[key]
 
 
 @dataclass
@@ -524,29 +394,3 @@ def run(
     distributed.barrier()  # the other ranks return once rank 0 has written the run folder
     return RunResult(history=history, best=c.best, stopped_early=c.stopped_early,
                      stopped_on_time=stopped_on_time, elapsed_s=elapsed())
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
-
-
-def expected_time_line(per_step_s: float, steps_left: int, epochs_left: int, budget_left_s: float | None,
-                       minutes: float | None, monitored: bool = True) -> str:
-    """The line printed once the first steps are timed: how long the rest of the run should take."""
-    expected = per_step_s * steps_left
-    line = (f"expected: about {_duration(expected)} more for {steps_left} step{'s' * (steps_left != 1)} "
-            f"({per_step_s * 1e3:.0f} ms per step over {ESTIMATE_AFTER_STEPS} steps)")
-    if monitored:
-        line += f", plus the monitor at the end of each of {epochs_left} epoch{'s' * (epochs_left != 1)}"
-    if budget_left_s is not None and minutes is not None and budget_left_s < expected:
-        line += (f"; the --minutes {minutes:g} budget stops it after about {_duration(max(budget_left_s, 0.0))} "
-                 f"(about {int(max(budget_left_s, 0.0) / max(per_step_s, 1e-9))} of these steps)")
-    return line
-
-
-def _report(record: dict[str, Any], epoch: int, plan: Plan, monitor: Monitor | None, partial: bool = False) -> None:
-    """The epoch line on stderr (rank 0)."""
-    summary = monitor.summary(record) if monitor is not None else ""
-    where = f"epoch {epoch + 1}/{plan.epochs}" + (" (cut short by the time budget)" if partial else "")
-    tqdm.write(f"{where}: loss {record['loss']:.4f}  {summary + '  ' if summary else ''}"
-               f"{record['images_per_s']:.0f} img/s", file=sys.stderr)

@@ -1,8 +1,10 @@
-"""Similar-image search: a FAISS index of a run's embeddings, queried by image file or item.
+"""The FAISS index of a run's embeddings: its kinds, and how each is built and tuned.
 
 ``contrastkit index RUN`` builds the index; ``contrastkit search RUN QUERY ...``
 finds the items nearest each query (building the index first when it is
-missing or out of date).
+missing or out of date). Searching an index and measuring its recall:
+:mod:`contrastkit.index_search`; its files and the run-level build:
+:mod:`contrastkit.index_files`.
 
 Vectors are L2-normalised and compared by inner product, so scores are cosine
 similarities in [-1, 1] (FAISS ``METRIC_INNER_PRODUCT``). The kind of index:
@@ -39,48 +41,29 @@ than :data:`RECALL_PLATEAU`: without re-ranking its codes cap the recall).
 The knob and the recall it reached are stored in ``index.json`` and inside
 the index itself.
 
-Memory: the embeddings are read in chunks of :data:`CHUNK_BYTES`, normalised
+Memory: the embeddings are read in chunks of :data:`~contrastkit.vectors.CHUNK_BYTES`, normalised
 and added chunk by chunk, so a memory-mapped ``embeddings.npy`` is never
 copied whole (the index itself holds N x D float32 for flat / IVF / HNSW, and
 N x (D / 8 + 8) bytes for IVF-PQ). Exact search, the reference of recall, is
 brute force over the same chunks.
-
-Files, beside ``embeddings.npy``:
-
-- ``index.faiss``: written by ``faiss.write_index`` (streamed, no copy in
-  memory) atomically, read back with ``faiss.read_index`` (no pickle);
-- ``index.json``: kind, parameters, recall@10, build time, the SHA-256 of
-  ``index.faiss`` and a fingerprint of the embeddings it was built from (a
-  re-embedded run gets a new index).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from contrastkit.atomic import atomic_open, atomic_write_text
 from contrastkit.errors import ConfigError, DataError
-from contrastkit.runlock import run_lock
-from contrastkit.montage import embed_query_images, load_query_images  # noqa: F401  (re-exported: they lived here)
-from contrastkit.vectors import (  # noqa: F401  (re-exported: they lived here)
-    CHUNK_BYTES, SCORE, _faiss, _finite_rows, chunk_rows, exact_search, normalise, normalised_chunks, rerank,
-)
+from contrastkit.index_search import RECALL_K, RECALL_QUERIES, _recall, _sample_rows, search
+from contrastkit.vectors import SCORE, _faiss, _finite_rows, exact_search, normalised_chunks
 
-INDEX_FILE = "index.faiss"
-INDEX_INFO_FILE = "index.json"
 KINDS = ("auto", "flat", "ivf", "ivfpq", "hnsw")
 EXACT_MAX_ITEMS = 100_000  # `auto` builds an exact flat index up to this many items, IVF above
 FLOAT_INDEX_MAX_BYTES = 2 * 2**30  # `auto` keeps float32 vectors (flat / IVF) up to 2 GiB (1M x 512), IVF-PQ above
 TARGET_RECALL = 0.95  # recall@10 against exact search an approximate index is tuned to reach
-RECALL_K = 10  # recall is measured on the top-10
-RECALL_QUERIES = 1000  # items used as queries when measuring recall (all of them when fewer)
 RECALL_PLATEAU = 0.005  # IVF-PQ stops doubling nprobe when recall@10 gains less than this
 IVF_CELLS_PER_SQRT_N = 4  # nlist = 4 * sqrt(N), the usual rule of thumb (FAISS wiki)
 IVF_MIN_POINTS_PER_CELL = 39  # FAISS warns when k-means has fewer training points per centroid
@@ -94,95 +77,6 @@ IVFPQ_MIN_ITEMS = (1 << PQ_BITS) * IVF_MIN_POINTS_PER_CELL  # 9984: PQ k-means n
 RERANK_FACTOR = 10  # IVF-PQ: the k * 10 best candidates are re-scored exactly from the embeddings
 HNSW_M = 32  # neighbours per node of the HNSW graph (memory ~ 2 * M ints per item)
 HNSW_EF_CONSTRUCTION = 80  # candidate list while building the graph
-
-
-def search(
-    index: Any, queries: np.ndarray, k: int, features: np.ndarray | None = None, rerank_factor: int = 1
-) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` nearest items of each query (L2-normalised here), best first.
-
-    Args:
-        index: a FAISS index from :func:`build_index` or :func:`read_index`.
-        queries: (Q, D) query embeddings.
-        k: neighbours per query, >= 1; more than the index holds gives all of them.
-        features: (N, D) the embeddings the index was built from (may be a
-            memory map); needed when ``rerank_factor`` > 1.
-        rerank_factor: > 1: take ``max(k, 10) * rerank_factor`` candidates
-            from the index and return the ``k`` best by exact cosine
-            similarity (the ``rerank`` of index.json; IVF-PQ scores are
-            approximate). At least as many candidates as for k = 10, where
-            recall was measured, so a smaller k is never searched worse.
-
-    Returns:
-        (scores, ids): (Q, min(k, N)) float32 cosine similarities and int64 row indices.
-    """
-    if k < 1:
-        raise ConfigError(f"--top-k must be >= 1, got {k}")
-    if rerank_factor < 1:
-        raise ConfigError(f"the re-ranking factor must be >= 1, got {rerank_factor}")
-    q = normalise(queries)
-    if q.shape[1] != index.d:
-        raise DataError(f"queries have {q.shape[1]} dimensions but the index has {index.d}")
-    k = min(int(k), int(index.ntotal))
-    if k == 0 or len(q) == 0:
-        return np.zeros((len(q), k), np.float32), np.zeros((len(q), k), np.int64)
-    if rerank_factor > 1:
-        if features is None or len(features) != index.ntotal:
-            raise DataError(f"re-ranking needs the {index.ntotal} embeddings the index was built from")
-        pool = min(max(k, RECALL_K) * int(rerank_factor), int(index.ntotal))
-        _, candidates = index.search(q, pool)  # (Q, pool)
-        return rerank(features, q, candidates.astype(np.int64), k)
-    scores, ids = index.search(q, k)  # (Q, k) each
-    return scores.astype(np.float32), ids.astype(np.int64)
-
-
-def _sample_rows(n: int, sample: int | np.ndarray, seed: int) -> np.ndarray:
-    if isinstance(sample, (int, np.integer)):
-        if sample < 1:
-            raise ConfigError(f"the recall sample must hold >= 1 queries, got {sample}")
-        if sample >= n:
-            return np.arange(n)
-        return np.sort(np.random.default_rng(seed).choice(n, size=int(sample), replace=False))
-    rows = np.asarray(sample, dtype=np.int64).reshape(-1)
-    if len(rows) == 0 or rows.min() < 0 or rows.max() >= n:
-        raise ConfigError(f"recall sample rows must be a non-empty set of indices in [0, {n})")
-    return rows
-
-
-def _recall(found: np.ndarray, exact: np.ndarray) -> float:
-    """Mean fraction of each exact top-k row found in the approximate top-k row."""
-    k = exact.shape[1]
-    return float(np.mean([len(np.intersect1d(f, e)) / k for f, e in zip(found, exact)]))
-
-
-def recall_at_k(
-    index: Any, features: np.ndarray, k: int = RECALL_K, sample: int | np.ndarray = RECALL_QUERIES, seed: int = 0,
-    rerank_factor: int = 1,
-) -> float:
-    """Recall@k of ``index`` against exact search, with items of ``features`` as queries.
-
-    For each query, the share of its exact k nearest items (brute-force inner
-    product of L2-normalised vectors, :func:`exact_search`) that the index
-    returns among its k nearest; averaged over the queries. Queries are items
-    of the data base, as with search by item index, so each query's own item
-    is among its exact neighbours.
-
-    Args:
-        index: the index to measure (built on ``features``).
-        features: (N, D) the embeddings the index holds, in the same order (may be a memory map).
-        k: neighbours compared per query (clipped to N).
-        sample: the number of queries (a seeded sample of rows; all rows when
-            it is >= N) or the row indices to use as queries.
-        seed: seeds the sample.
-        rerank_factor: search as :func:`search` does with it (index.json's ``rerank``).
-    """
-    if np.ndim(features) != 2 or len(features) != index.ntotal:
-        raise DataError(f"the index holds {index.ntotal} items but {len(features)} embeddings were given")
-    k = min(int(k), len(features))
-    rows = _sample_rows(len(features), sample, seed)
-    queries = _finite_rows(features, np.sort(rows))[np.argsort(np.argsort(rows))]  # in the order of rows
-    _, found = search(index, queries, k, features, rerank_factor)
-    return _recall(found, exact_search(features, queries, k)[1])
 
 
 def ivf_cells(n: int) -> int:
@@ -313,7 +207,7 @@ def build_index(
         ef_search: HNSW search list (default: tuned like nprobe, from 16).
         target_recall: recall@10 the default nprobe / ef_search is tuned to reach.
         recall_queries: items used as queries to measure recall.
-        chunk: rows read and added at a time (default :func:`chunk_rows`).
+        chunk: rows read and added at a time (default :func:`~contrastkit.vectors.chunk_rows`).
         seed: seeds the training sample, the k-means and the recall queries.
 
     Returns:
@@ -411,112 +305,3 @@ def _set_knob(index: Any, kind: str, value: int) -> None:
             hnsw.efSearch = max(HNSW_QUANTIZER_EF, 2 * value)
     else:
         index.hnsw.efSearch = value
-
-
-# ----------------------------------------------------------------------------- files
-
-
-def embeddings_fingerprint(features: np.ndarray) -> str:
-    """SHA-256 of the shape and up to 1024 evenly spaced rows: changes when the run is re-embedded."""
-    x = np.asarray(features, dtype=np.float32)
-    rows = np.unique(np.linspace(0, max(len(x) - 1, 0), num=min(len(x), 1024)).astype(np.int64))
-    h = hashlib.sha256(f"{x.shape}".encode())
-    h.update(np.ascontiguousarray(x[rows]).tobytes() if len(x) else b"")
-    return h.hexdigest()
-
-
-def write_index(folder: str | Path, index: Any, info: dict[str, Any]) -> dict[str, Any]:
-    """Write ``index.faiss`` and ``index.json``, each atomically; returns the info written.
-
-    The index is streamed to the file by ``faiss.write_index`` (hashed on the
-    way), never serialised whole in memory: a multi-GiB index needs no second copy.
-    """
-    folder = Path(folder)
-    digest = hashlib.sha256()
-    with atomic_open(folder / INDEX_FILE) as f:
-
-        def write(block: bytes) -> int:
-            digest.update(block)
-            return f.write(block)
-
-        _faiss().write_index(index, _faiss().PyCallbackIOWriter(write))
-    info = {**info, "index_file": INDEX_FILE, "index_sha256": digest.hexdigest()}
-    atomic_write_text(folder / INDEX_INFO_FILE, json.dumps(info, indent=2) + "\n")
-    return info
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def read_index(folder: str | Path, features: np.ndarray | None = None) -> tuple[Any, dict[str, Any]]:
-    """Read ``index.faiss`` and ``index.json`` from ``folder`` and check they belong together.
-
-    Args:
-        folder: where :func:`write_index` wrote them.
-        features: when given, the embeddings the index must have been built from.
-
-    Raises:
-        DataError: a file is missing or unreadable, the index does not match
-            its index.json, or it was built from other embeddings.
-    """
-    folder = Path(folder)
-    path, info_path = folder / INDEX_FILE, folder / INDEX_INFO_FILE
-    for p in (path, info_path):
-        if not p.is_file():
-            raise DataError(f"{p}: not found; run `contrastkit index {folder}`")
-    try:
-        info = json.loads(info_path.read_text())
-    except (ValueError, OSError) as e:
-        raise DataError(f"{info_path}: not readable JSON ({e})") from None
-    if _file_sha256(path) != info.get("index_sha256"):
-        raise DataError(f"{path}: does not match {info_path} (SHA-256 differs); rebuild with `contrastkit index {folder}`")
-    try:
-        with open(path, "rb") as f:  # streamed: the file is not held in memory beside the index
-            index = _faiss().read_index(_faiss().PyCallbackIOReader(f.read))
-    except RuntimeError as e:
-        raise DataError(f"{path}: not a readable FAISS index ({str(e).splitlines()[0]})") from None
-    if index.ntotal != info.get("count") or index.d != info.get("dim"):
-        raise DataError(f"{path}: holds {index.ntotal} x {index.d} vectors but {info_path} says {info.get('count')} x {info.get('dim')}")
-    if features is not None and embeddings_fingerprint(features) != info.get("embeddings_fingerprint"):
-        raise DataError(f"{path}: built from other embeddings than the current ones; rebuild with `contrastkit index {folder}`")
-    return index, info
-
-
-def ensure_embeddings(run_dir: Path) -> Any:
-    """The run's saved embeddings, embedding first when a run folder has none yet (as `evaluate` does)."""
-    from contrastkit.embedding import EMBEDDINGS_FILE, embed_run, read_embeddings
-
-    if not run_dir.is_dir():
-        raise DataError(f"{run_dir}: no such folder")
-    if not (run_dir / EMBEDDINGS_FILE).is_file() and (run_dir / "config.json").is_file():
-        embed_run(run_dir)
-    return read_embeddings(run_dir)
-
-
-def index_run(run_dir: str | Path, kind: str = "auto", **options: Any) -> dict[str, Any]:
-    """Build the index of a run's embeddings (embedding first if needed) and write index.faiss / index.json.
-
-    Works on any folder with embeddings.npy and items.csv. ``options`` go to
-    :func:`build_index`. Returns the info written to index.json. Holds the
-    folder's lock (:mod:`contrastkit.runlock`) while it works.
-    """
-    from contrastkit import __version__
-
-    run_dir = Path(run_dir)
-    _check_options(kind, options.get("target_recall", TARGET_RECALL), options.get("recall_queries", RECALL_QUERIES))
-    if not run_dir.is_dir():
-        raise DataError(f"{run_dir}: no such folder")
-    with run_lock(run_dir):  # one command at a time writes the folder (contrastkit.runlock)
-        emb = ensure_embeddings(run_dir)
-        index, info = build_index(emb.features, kind, **options)
-        info.update({
-            "embeddings": str(run_dir / "embeddings.npy"),
-            "embeddings_fingerprint": embeddings_fingerprint(emb.features),
-            "faiss": _faiss().__version__, "contrastkit": __version__,
-        })
-        return write_index(run_dir, index, info)

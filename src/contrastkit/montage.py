@@ -130,7 +130,7 @@ def load_query_images(paths: Sequence[str | Path], channels: int, size: tuple[in
         DataError: a file is missing or cannot be decoded, or the model takes
             images of a channel count no image file has.
     """
-    from contrastkit.data.folder import load_image_file
+    from contrastkit.data.decode import load_image_file
 
     if channels not in (1, 3):
         raise DataError(

@@ -13,7 +13,7 @@ Written by hand on scipy.sparse, not with the ``graphlearning`` package (the
 paper authors' own, used as the reference in tests/test_poisson.py): it
 builds its own graph (annoy search) and brings heavy dependencies, while
 here Poisson learning must run on the exact FAISS kNN graph that the other
-seed models share (:func:`contrastkit.index.exact_search`) and on each
+seed models share (:func:`contrastkit.vectors.exact_search`) and on each
 cross-validation fold of the seeds. The facts taken from graphlearning
 (1.7.5, ``weightmatrix.knn`` and ``ssl.poisson`` with
 ``solver="gradient_descent"``; the 2020 ``graphlearning.py`` of the paper for

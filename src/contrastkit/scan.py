@@ -4,7 +4,7 @@ Van Gansbeke, Vandenhende, Georgoulis, Proesmans, Van Gool, "SCAN: Learning
 to Classify Images without Labels", ECCV 2020 (arXiv 2005.12320).
 
 1. Mine the ``k`` nearest neighbours of every item in the L2-normalised
-   embedding (exact FAISS search, :func:`contrastkit.index.exact_search`).
+   embedding (exact FAISS search, :func:`contrastkit.vectors.exact_search`).
 2. Train clustering heads (softmax over K clusters) with the SCAN loss
    (:func:`scan_loss`, the paper's Eq. 2): an item and its neighbours should
    get the same cluster, and the mean prediction should spread over all
@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contrastkit import engine
+from contrastkit.engine_contract import Plan, epoch_seed
 from contrastkit.errors import ConfigError
 from contrastkit.vectors import exact_search, normalise
 from contrastkit.runtime import Runtime, torch_threads
@@ -284,7 +285,7 @@ class FeatureBatches:
     """The engine's batch source of both phases: ``(items, one neighbour of each)`` or ``(items,)`` per step.
 
     A pure function of (seed, epoch, step): each epoch draws, from a CPU
-    generator seeded by :func:`contrastkit.engine.epoch_seed` (stream 0:
+    generator seeded by :func:`contrastkit.engine_contract.epoch_seed` (stream 0:
     SCAN, 1: self-labelling), one of its mined neighbours for every item
     (with ``neighbours``; the official code samples one per item) and then
     the order of the items. Batches hold ``min(batch_size, N)``
@@ -308,7 +309,7 @@ class FeatureBatches:
 
     def epoch(self, epoch: int, start_step: int, state: torch.Tensor | None) -> _FeatureEpoch:
         n, dev = len(self.x), self.x.device
-        g = torch.Generator().manual_seed(engine.epoch_seed(self.seed, epoch, self.stream))
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, self.stream))
         pick = None
         if self.neighbours is not None:
             column = torch.randint(self.neighbours.shape[1], (n,), generator=g).to(dev)
@@ -357,7 +358,7 @@ def train_heads(trainable: nn.Module, source: FeatureBatches, epochs: int, lr: f
     opt = torch.optim.Adam([{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
                             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=lr)
     runtime = Runtime(device=source.x.device, dtype=None, channels_last=False)
-    plan = engine.Plan(epochs=epochs, lr=lambda step: lr)
+    plan = Plan(epochs=epochs, lr=lambda step: lr)
     result = engine.run(logged, source, opt, plan, runtime, None, progress=progress, report=False, monitor=logged)
     return result.history
 

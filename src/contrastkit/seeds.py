@@ -87,7 +87,7 @@ def knn_graph(xn: np.ndarray, k: int) -> Any:
 
     The same graph as scikit-learn's ``kernel="knn"`` of ``LabelSpreading``
     (``kneighbors_graph`` of the fitted points, connectivity mode), found by
-    exact cosine search (:func:`contrastkit.index.exact_search`; on
+    exact cosine search (:func:`contrastkit.vectors.exact_search`; on
     L2-normalised rows the Euclidean neighbours).
     """
     return _connectivity(exact_search(xn, xn, k)[1])  # (N, k) ids, each row's own item first

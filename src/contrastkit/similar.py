@@ -12,7 +12,9 @@ import torch
 
 from contrastkit.atomic import atomic_open
 from contrastkit.errors import ConfigError, DataError
-from contrastkit.index import INDEX_FILE, INDEX_INFO_FILE, KINDS, ensure_embeddings, index_run, read_index, search
+from contrastkit.index import KINDS
+from contrastkit.index_files import INDEX_FILE, INDEX_INFO_FILE, ensure_embeddings, index_run, read_index
+from contrastkit.index_search import search
 from contrastkit.montage import embed_query_images, load_query_images
 from contrastkit.sources import printable, source_to_text
 

@@ -68,9 +68,11 @@ from contrastkit.config import RESUMABLE_FIELDS, TrainConfig
 from contrastkit.data.dataset import DataSplits, ImageDataset
 from contrastkit.data.streaming import IndexBatches, prefetch, resolve_workers
 from contrastkit.embedding import compute_embeddings
+from contrastkit.engine_contract import Plan, Selection, epoch_seed
 from contrastkit.errors import ConfigError
 from contrastkit.knn import knn_accuracy
-from contrastkit.methods import METHODS, Method
+from contrastkit.methods import METHODS
+from contrastkit.methods.base import Method
 from contrastkit.optim import build_optimizer, lr_at
 from contrastkit.runlock import rank0_lock
 from contrastkit.runtime import Runtime
@@ -109,7 +111,7 @@ def epoch_order(n: int, seed: int, epoch: int, weights: torch.Tensor | None = No
     ``weights`` (``--balance``, :mod:`contrastkit.balance`): ``n`` items drawn
     with replacement in proportion to them, from the same seeded generator.
     """
-    g = torch.Generator().manual_seed(engine.epoch_seed(seed, epoch, 1))
+    g = torch.Generator().manual_seed(epoch_seed(seed, epoch, 1))
     if weights is None:
         return torch.randperm(n, generator=g)
     if weights.shape != (n,):
@@ -124,7 +126,7 @@ def augment_seed(seed: int, epoch: int, rank: int = 0) -> int:
     rank term, a multiple of a prime coprime to the epoch's, never collides
     with another epoch of the same run below 7919 ranks).
     """
-    return engine.epoch_seed(seed, epoch, 2 + 104_729 * rank)
+    return epoch_seed(seed, epoch, 2 + 104_729 * rank)
 
 
 def data_info(train: ImageDataset, config: TrainConfig) -> dict[str, Any]:
@@ -466,8 +468,8 @@ def _fit(
     steps_per_epoch = source.steps_per_epoch
     total_steps = config.epochs * steps_per_epoch
     warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
-    plan = engine.Plan(epochs=config.epochs, checkpoint_minutes=config.checkpoint_minutes, minutes=config.minutes,
-                       lr=lambda step: lr_at(step, config.peak_lr, warmup_steps, total_steps))
+    plan = Plan(epochs=config.epochs, checkpoint_minutes=config.checkpoint_minutes, minutes=config.minutes,
+                lr=lambda step: lr_at(step, config.peak_lr, warmup_steps, total_steps))
 
     where = f", {world} processes x {local_batch} images ({distributed.backend_for(runtime.device)})" if world > 1 else ""
     where += f", {workers} loader workers" if workers else ""
@@ -487,7 +489,7 @@ def _fit(
         out = engine.run(
             method, source, optimizer, plan, runtime, run_dir, resume=resume, progress=progress,
             monitor=_MonitorHook(monitor, method, data, info, runtime) if monitor is not None else None,
-            selection=engine.Selection("knn_top1", "max", config.patience, label="kNN", fmt="{:.2%}"),
+            selection=Selection("knn_top1", "max", config.patience, label="kNN", fmt="{:.2%}"),
             meta={"config": config.to_dict(), "data": info, "augment": aug_cfg.__dict__}, schema=SCHEMA,
             load=load_checkpoint, check_resume=check_resume, on_new_run=lambda: config.save(run_dir / "config.json"),
             banner=banner,

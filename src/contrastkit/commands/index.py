@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from contrastkit import index as ix  # the index defaults live there (numpy and torch only; FAISS loads on use)
+from contrastkit import index_files, index_search
 
 NAME = "index"
 HELP = "build the similar-image search index (FAISS) of a run's embeddings"
@@ -37,15 +38,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="IVF cells visited per query (default: the smallest power of two reaching --target-recall)")
     parser.add_argument("--target-recall", type=float, default=ix.TARGET_RECALL,
                         help=f"recall@10 an approximate index is tuned to reach (default: {ix.TARGET_RECALL})")
-    parser.add_argument("--recall-queries", type=int, default=ix.RECALL_QUERIES,
-                        help=f"items used as queries to measure recall (default: {ix.RECALL_QUERIES})")
+    parser.add_argument("--recall-queries", type=int, default=index_search.RECALL_QUERIES,
+                        help=f"items used as queries to measure recall (default: {index_search.RECALL_QUERIES})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training sample and recall queries (default: 0)")
     parser.add_argument("--json", action="store_true", help="print index.json instead of the summary")
 
 
 def run(args: argparse.Namespace) -> int:
     """Build the index, then print its kind, parameters, recall and the files written (or index.json)."""
-    info = ix.index_run(args.run, args.kind, nprobe=args.nprobe, target_recall=args.target_recall,
+    info = index_files.index_run(args.run, args.kind, nprobe=args.nprobe, target_recall=args.target_recall,
                         recall_queries=args.recall_queries, seed=args.seed)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -59,5 +60,5 @@ def run(args: argparse.Namespace) -> int:
         print("recall@10: 1.0 (exact search)")
     else:
         print(f"recall@10 against exact search on {info['recall_queries']} item queries: {info['recall_at_10']:.4f}")
-    print(f"wrote {args.run / ix.INDEX_FILE}, {args.run / ix.INDEX_INFO_FILE}")
+    print(f"wrote {args.run / index_files.INDEX_FILE}, {args.run / index_files.INDEX_INFO_FILE}")
     return 0

@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from contrastkit.explorer.app import allowed_hosts, create_app
-    from contrastkit.explorer.state import MAP_POINTS, RunState
+    from contrastkit.explorer.loading import MAP_POINTS
+    from contrastkit.explorer.state import RunState
 
     sock = bind(args.host, args.port)
     port = sock.getsockname()[1]

@@ -23,12 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from contrastkit.data.dataset import DataSplits, ImageDataset
-from contrastkit.data.folder import (
-    IMAGE_EXTENSIONS,
-    check_image_size,
-    load_folder,
-    looks_like_image_folder,
-)
+from contrastkit.data.folder import check_image_size, load_folder
+from contrastkit.data.folder_scan import IMAGE_EXTENSIONS, looks_like_image_folder
 from contrastkit.data.idx import GZIP_MAGIC, is_idx_name, labels_file_for, load_idx_dir, split_idx_file
 from contrastkit.data.npz import load_npz
 from contrastkit.errors import DataError

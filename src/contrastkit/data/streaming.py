@@ -1,6 +1,6 @@
 """Batches decoded ahead of the model: image folders larger than memory stream from disk.
 
-A lazy data set (:class:`~contrastkit.data.folder.LazyFolderImages`) decodes
+A lazy data set (:class:`~contrastkit.data.decode.LazyFolderImages`) decodes
 its image files on demand. :func:`prefetch` hands that work to a
 :class:`torch.utils.data.DataLoader` with worker processes, so the next
 batches are decoded while the model trains on the current one; augmentation

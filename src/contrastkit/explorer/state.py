@@ -10,7 +10,7 @@ filtered, sorted page is a few vectorised passes over N values.
 
 Files written into the run folder (each atomically):
 
-- ``seed_labels.csv`` (:data:`SEEDS_FILE`): ``item,label`` per corrected
+- ``seed_labels.csv`` (:data:`~contrastkit.explorer.review.SEEDS_FILE`): ``item,label`` per corrected
   item (item: its source as in items.csv), the input of
   ``contrastkit label --seed-labels`` (and of re-spread);
 - ``map.npy`` / ``map.json`` (:data:`MAP_FILE`): the 2-D map: t-SNE of a
@@ -19,117 +19,37 @@ Files written into the run folder (each atomically):
   sampled items; recomputed when the embeddings change (fingerprint);
 - ``labels.csv`` / ``label_metrics.json`` by re-spread, ``audit.csv`` /
   ``audit.json`` by the data problems check.
+
+The per-item arrays are read by :mod:`contrastkit.explorer.loading`; the
+corrections, review and re-spread are :mod:`contrastkit.explorer.review`'s.
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from contrastkit import index as ix
+from contrastkit import index_files, index_search
 from contrastkit.atomic import atomic_save_npy, atomic_write_text
 from contrastkit.errors import ConfigError, DataError
+from contrastkit.explorer.loading import MAP_FILE, MAP_INFO_FILE, MAP_POINTS, _read_audit_csv, _read_labels_csv, compute_map
+from contrastkit.explorer.review import LabelReview
 from contrastkit.runlock import run_lock
-from contrastkit.sources import printable, source_from_text, source_to_text
-from contrastkit.vectors import _faiss, chunk_rows, normalise, normalised_chunks
+from contrastkit.sources import printable, source_to_text
 
-SEEDS_FILE = "seed_labels.csv"
-MAP_FILE, MAP_INFO_FILE = "map.npy", "map.json"
-MAP_POINTS = 5000  # items in the t-SNE (and at most this many drawn on the canvas)
-MAP_PLACE_NEIGHBOURS = 3  # other items are placed among their 3 nearest sampled items
-MAP_PLACE_TEMPERATURE = 0.05  # weights exp(cos / T) of those 3
 PAGE_MAX = 500  # items per page at most
 NEIGHBOURS_MAX = 100  # neighbours per query at most
-CHANGED_SHOWN = 200  # re-spread: changed items listed in the reply (all are filterable)
 SORTS = ("index", "confidence", "-confidence", "severity")  # severity: the filtered problem's worst first
 
 
-def _read_labels_csv(path: Path, n: int) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """(label vocabulary, label code per row, confidence, cluster) from labels.csv (codes -1 / NaN when absent)."""
-    code = np.full(n, -1, dtype=np.int32)
-    conf = np.full(n, np.nan, dtype=np.float32)
-    cluster = np.full(n, -1, dtype=np.int32)
-    vocab: dict[str, int] = {}
-    if not path.is_file():
-        return [], code, conf, cluster
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
-            header = next(reader, [])
-            col = {name: j for j, name in enumerate(header)}
-            if not {"item", "label", "confidence", "cluster"} <= set(col):
-                raise DataError(f"{path}: expected columns item,source,label,confidence,cluster, got {header}")
-            rows = 0
-            for line, r in enumerate(reader, 2):
-                i = int(r[col["item"]])
-                if not 0 <= i < n:
-                    raise DataError(f"{path}, line {line}: item {i} is not a row of embeddings.npy (0..{n - 1})")
-                code[i] = vocab.setdefault(r[col["label"]], len(vocab))
-                conf[i] = float(r[col["confidence"]])
-                cluster[i] = int(r[col["cluster"]])
-                rows += 1
-    except (ValueError, IndexError, csv.Error, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a labels.csv of contrastkit label ({e})") from None
-    if rows != n:
-        raise DataError(f"{path}: {rows} rows but embeddings.npy has {n}; label the run again")
-    return list(vocab), code, conf, cluster
-
-
-def _read_audit_csv(path: Path, n: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Per problem of audit.csv a bool mask over the rows, and per score column of
-    :data:`contrastkit.audit.SEVERITY` a float32 array (NaN where blank); ({}, {}) without the file or when it
-    is out of date."""
-    from contrastkit.audit import PROBLEMS, SEVERITY
-
-    if not path.is_file():
-        return {}, {}
-    masks = {p: np.zeros(n, dtype=bool) for p in PROBLEMS}
-    scores = {c: np.full(n, np.nan, dtype=np.float32) for c, _ in SEVERITY.values()}
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        count = 0
-        for r in reader:
-            i = int(r["item"])
-            if not 0 <= i < n:
-                return {}, {}
-            for p in r["problems"].split():
-                if p in masks:
-                    masks[p][i] = True
-            for c, column in scores.items():
-                text = r.get(c) or ""
-                if text:
-                    column[i] = float(text)
-            count += 1
-    return (masks, scores) if count == n else ({}, {})
-
-
-def compute_map(features: np.ndarray, points: int = MAP_POINTS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(sampled rows, (N, 2) float32 positions of every item): t-SNE of a sample, the rest placed among it."""
-    from contrastkit.visualize import tsne_2d  # the same seeded PCA + openTSNE as the map figure
-
-    faiss = _faiss()
-    rows, xy_s = tsne_2d(features, points, seed)  # (M,), (M, 2)
-    xy_s = xy_s.astype(np.float32)
-    sample = normalise(features[rows])
-    k = min(MAP_PLACE_NEIGHBOURS, len(rows))
-    xy = np.empty((len(features), 2), dtype=np.float32)
-    for start, q in normalised_chunks(features, chunk_rows(features.shape[1], 16 * 2**20)):
-        s, i = faiss.knn(q, sample, k, metric=faiss.METRIC_INNER_PRODUCT)  # (B, k)
-        w = np.exp((s - s[:, :1]) / MAP_PLACE_TEMPERATURE)  # (B, k), nearest weight 1
-        xy[start : start + len(q)] = (w[:, :, None] * xy_s[i]).sum(1) / w.sum(1, keepdims=True)
-    xy[rows] = xy_s  # the sampled items sit exactly where t-SNE put them
-    return rows, xy
-
-
-class RunState:
+class RunState(LabelReview):
     """One run folder as the explorer serves it (thread-safe for concurrent requests)."""
 
     def __init__(self, run_dir: str | Path, *, map_points: int = MAP_POINTS, seed: int = 0,
@@ -182,61 +102,13 @@ class RunState:
             self.label_names, self.label, self.confidence, self.cluster = names, code, conf, cluster
             self.by_confidence = np.argsort(np.where(np.isnan(conf), np.inf, conf), kind="stable")
 
-    def choices(self) -> list[str]:
-        """The labels a person may give: the class names, else the labels in labels.csv."""
-        return list(self.class_names) if self.class_names else sorted(self.label_names, key=lambda s: (len(s), s))
-
-    def _row_of_source(self, text: str) -> int | None:
-        if self._by_source is None:
-            self._by_source = {s: i for i, s in enumerate(self.sources)}
-        return self._by_source.get(source_from_text(text))
-
-    def _read_corrections(self) -> dict[int, str]:
-        path = self.run_dir / SEEDS_FILE
-        out: dict[int, str] = {}
-        if not path.is_file():
-            return out
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            for r in csv.DictReader(f):
-                item, label = (r.get("item") or "").strip(), (r.get("label") or "").strip()
-                i = self._row_of_source(item)
-                if i is None and item.isdigit() and int(item) < self.n:
-                    i = int(item)
-                if i is not None and label:
-                    out[i] = label
-        return out
-
-    def set_label(self, item: int, label: str | None) -> int:
-        """Record (or with None remove) a person's label for ``item``; rewrite seed_labels.csv atomically.
-
-        Returns the number of corrections now saved.
-        """
-        self.check_item(item)
-        if label is not None and label not in self.choices():
-            raise ConfigError(f"label {label!r} is not one of {', '.join(self.choices())}")
-        with self._lock:
-            corrections = dict(self.corrections)
-            if label is None:
-                corrections.pop(item, None)
-            else:
-                corrections[item] = label
-            buf = io.StringIO()
-            w = csv.writer(buf, lineterminator="\n")
-            w.writerow(["item", "label"])
-            for i in sorted(corrections):
-                w.writerow([source_to_text(self.sources[i]), corrections[i]])
-            with run_lock(self.run_dir):  # a writer of the run folder holds its lock (contrastkit.runlock)
-                atomic_write_text(self.run_dir / SEEDS_FILE, buf.getvalue())
-            self.corrections = corrections
-            return len(corrections)
-
     # ------------------------------------------------------------------ index and map
 
     def _index(self, log: Callable[[str], None]) -> tuple[Any, int]:
         """The run's FAISS index when it matches the embeddings; else built (written above 100 000 items)."""
-        if (self.run_dir / ix.INDEX_FILE).is_file():
+        if (self.run_dir / index_files.INDEX_FILE).is_file():
             try:
-                index, info = ix.read_index(self.run_dir, self.features)
+                index, info = index_files.read_index(self.run_dir, self.features)
                 return index, int(info.get("rerank") or 1)
             except DataError as e:
                 log(f"note: {e}")
@@ -244,13 +116,13 @@ class RunState:
             index, _ = ix.build_index(self.features, "flat")  # exact, in memory: a second at 100 000 items
             return index, 1
         log(f"building the search index of {self.n} items (once; as `contrastkit index`)")
-        ix.index_run(self.run_dir)
-        index, info = ix.read_index(self.run_dir, self.features)
+        index_files.index_run(self.run_dir)
+        index, info = index_files.read_index(self.run_dir, self.features)
         return index, int(info.get("rerank") or 1)
 
     def _map(self, points: int, seed: int, log: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray]:
         """The cached map when it belongs to these embeddings and settings, else computed and cached."""
-        key = {"fingerprint": ix.embeddings_fingerprint(self.features), "points": int(points), "seed": int(seed)}
+        key = {"fingerprint": index_files.embeddings_fingerprint(self.features), "points": int(points), "seed": int(seed)}
         info_path, path = self.run_dir / MAP_INFO_FILE, self.run_dir / MAP_FILE
         try:
             info = json.loads(info_path.read_text())
@@ -365,7 +237,7 @@ class RunState:
         if not 1 <= k <= NEIGHBOURS_MAX:
             raise ConfigError(f"k must be in 1..{NEIGHBOURS_MAX}, got {k}")
         extra = 1 if leave_out is not None else 0
-        scores, ids = ix.search(self.index, query[None], k + extra, features=self.features, rerank_factor=self.rerank)
+        scores, ids = index_search.search(self.index, query[None], k + extra, features=self.features, rerank_factor=self.rerank)
         out = []
         for s, i in zip(scores[0].tolist(), ids[0].tolist()):
             if i < 0 or i == leave_out or len(out) == k:
@@ -444,86 +316,6 @@ class RunState:
         with self._lock:  # one forward pass at a time through the shared model
             x = compute_embeddings(method, query, info, runtime, workers=0)
         return x.numpy().astype(np.float32)[0] if isinstance(x, torch.Tensor) else np.asarray(x)[0]
-
-    # ------------------------------------------------------------------ review, re-spread, problems
-
-    def review(self, limit: int) -> list[dict[str, Any]]:
-        """The least confident auto-labelled items not corrected yet, least confident first."""
-        rows = self.select(sort="confidence", corrected=False)
-        rows = rows[~np.isnan(self.confidence[rows])]
-        return self.page(rows, 0, limit)["items"]
-
-    def respread(self) -> dict[str, Any]:
-        """Label every item from the corrections (``contrastkit label --seed-labels``); which labels changed.
-
-        One at a time; :meth:`respread_status` tells the stage meanwhile. The reply says how long it took
-        (``seconds``) and how many items changed label (``changed``).
-        """
-        from contrastkit.label import label_run
-
-        if not self.corrections:
-            raise ConfigError("no corrections yet: accept or correct some labels first")
-        with self._lock:
-            if self._respread["running"]:
-                raise ConfigError(f"a re-spread is already running ({self._respread['stage']}); wait for it")
-            self._respread.update(running=True, stage="reading the corrections", started=time.monotonic(), error=None)
-        try:
-            before = np.array([self.label_names[c] if c >= 0 else "" for c in self.label.tolist()], dtype=object)
-            m = label_run(self.run_dir, seed_labels=self.run_dir / SEEDS_FILE, montages=False,
-                          on_stage=self._respread_stage)
-            self._respread_stage("reading the new labels")
-            self.reload_labels()
-            after = np.array([self.label_names[c] if c >= 0 else "" for c in self.label.tolist()], dtype=object)
-            with self._lock:
-                self.changed = before != after
-            rows = np.flatnonzero(self.changed)
-            seconds = round(time.monotonic() - self._respread["started"], 2)
-            out = {"model": m["model"], "seeds": m["n_seeds"], "held_out_accuracy": m["held_out_accuracy"],
-                   "changed": int(len(rows)), "seconds": seconds,
-                   "items": [{"item": int(i), "before": before[i], "after": after[i]} for i in rows[:CHANGED_SHOWN]]}
-            with self._lock:
-                self._respread["last"] = {k: v for k, v in out.items() if k != "items"}
-            return out
-        except Exception as e:
-            with self._lock:
-                self._respread["error"] = str(e)
-            raise
-        finally:
-            with self._lock:
-                self._respread.update(running=False, stage=None)
-
-    def _respread_stage(self, text: str) -> None:
-        with self._lock:
-            self._respread["stage"] = text
-
-    def respread_status(self) -> dict[str, Any]:
-        """``running``, the current ``stage`` and ``elapsed_s`` of a re-spread; ``last`` (the last finished one's
-        model, seeds, held-out accuracy, changed and seconds) and ``error`` (the last failure's message, else None)."""
-        with self._lock:
-            r = dict(self._respread)
-        started = r.pop("started")
-        elapsed = round(time.monotonic() - started, 2) if r["running"] else None
-        return {**r, "elapsed_s": elapsed}
-
-    def run_audit(self) -> dict[str, Any]:
-        """Run the data problems check (``contrastkit audit``) and load its findings."""
-        from contrastkit.audit import audit_run
-
-        summary = audit_run(self.run_dir)
-        for key in ("result", "splits", "class_names"):
-            summary.pop(key, None)
-        self.problems, self.problem_scores = _read_audit_csv(self.run_dir / "audit.csv", self.n)
-        return summary
-
-    def audit_summary(self) -> dict[str, Any] | None:
-        """audit.json when the check has run on these embeddings, else None."""
-        path = self.run_dir / "audit.json"
-        if not self.problems or not path.is_file():
-            return None
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
 
     def info(self) -> dict[str, Any]:
         """What the page needs to build its controls."""

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from contrastkit.atomic import atomic_write_text
+from contrastkit.config_dict import dataclass_from_dict
 from contrastkit.errors import ConfigError
 
 DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
@@ -92,11 +93,7 @@ class GeneratorConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "GeneratorConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown generator options {', '.join(unknown)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, lambda unknown, known: f"unknown generator options {', '.join(unknown)}")
 
     @classmethod
     def load(cls, path: Path) -> "GeneratorConfig":

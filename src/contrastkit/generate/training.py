@@ -43,6 +43,8 @@ import torch
 from torch import nn
 
 from contrastkit import engine
+from contrastkit.engine_contract import Plan, RunResult
+from contrastkit.engine_state import load_state
 from contrastkit.errors import CheckpointError, ConfigError, DataError
 from contrastkit.generate.config import RESUMABLE_FIELDS, GeneratorConfig, write_config
 from contrastkit.generate.flow import flow_matching_loss, interpolate
@@ -167,7 +169,7 @@ def build_trainable(model: str, config: GeneratorConfig, dim: int, image_shape: 
 
 def load_generator_state(path: Path) -> dict[str, Any]:
     """A generator checkpoint (``torch.load(weights_only=True)``), with its schema checked."""
-    state = engine.load_state(path)
+    state = load_state(path)
     if state.get("schema") != SCHEMA:
         raise CheckpointError(f"{path}: not a contrastkit generator checkpoint (schema {state.get('schema')!r}, "
                               f"expected {SCHEMA!r})")
@@ -222,7 +224,7 @@ def load_training_data(run_dir: Path) -> TrainingData:
 
 
 def train_generator(run_dir: str | Path, config: GeneratorConfig = GeneratorConfig(), *, resume: bool = False,
-                    progress: bool = True, changed: tuple[str, ...] = ()) -> dict[str, engine.RunResult]:
+                    progress: bool = True, changed: tuple[str, ...] = ()) -> dict[str, RunResult]:
     """Train the representation generator, then the pixel generator, into ``RUN/generator/``.
 
     Args:
@@ -276,7 +278,7 @@ def train_generator(run_dir: str | Path, config: GeneratorConfig = GeneratorConf
 
 
 def _train_one(model: str, config: GeneratorConfig, data: TrainingData, runtime: Runtime, out: Path, resume: bool,
-               progress: bool) -> engine.RunResult:
+               progress: bool) -> RunResult:
     """One generator on the engine."""
     torch.manual_seed(config.seed + (0 if model == "rep" else 1))
     image_shape = tuple(data.images.shape[1:])
@@ -293,8 +295,8 @@ def _train_one(model: str, config: GeneratorConfig, data: TrainingData, runtime:
     total = epochs * source.steps_per_epoch
     warmup = max(1, int(WARMUP_FRACTION * total))
     optimizer = torch.optim.AdamW(trainable.net.parameters(), lr=peak, weight_decay=0.0)
-    plan = engine.Plan(epochs=epochs, lr=lambda step: lr_at(step, peak, warmup, total),
-                       checkpoint_minutes=config.checkpoint_minutes, minutes=config.budget(model))
+    plan = Plan(epochs=epochs, lr=lambda step: lr_at(step, peak, warmup, total),
+                checkpoint_minutes=config.checkpoint_minutes, minutes=config.budget(model))
     what = ("representation generator (MLP flow matching over the standardised embeddings)" if model == "rep"
             else "pixel generator (conditional U-Net, flow matching)" if config.conditional
             else "pixel generator (unconditional U-Net baseline, flow matching)")
