@@ -33,6 +33,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import http.client
 import json
@@ -40,7 +41,6 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -143,24 +143,16 @@ def requests_for(n: int, bounds: list[float], repeats: int, rng: np.random.Gener
 
 def time_requests(state: Any, repeats: int, seed: int) -> dict[str, dict[str, float]]:
     """Serve ``state`` on a loopback port and time every request kind: median and p90 ms, response bytes."""
-    import uvicorn
-
-    from contrastkit.commands.serve import bind
+    from contrastkit.commands.serve import bind, serving_in_background
     from contrastkit.explorer.app import create_app
 
     sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
     app = create_app(state, host="127.0.0.1", port=port)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
     headers = {"Cookie": f"contrastkit_{port}={app.token}", "Host": f"127.0.0.1:{port}"}
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     results: dict[str, dict[str, float]] = {}
-    try:
+    with serving_in_background(app, sock), contextlib.closing(conn):
         problems = [p for p, mask in state.problems.items() if mask.any()]
         calls_by_kind = requests_for(state.n, state.map_points()["bounds"], repeats, np.random.default_rng(seed), problems)
         for kind, calls in calls_by_kind.items():
@@ -178,11 +170,6 @@ def time_requests(state: Any, repeats: int, seed: int) -> dict[str, dict[str, fl
             ms.sort()
             results[kind] = {"median_ms": statistics.median(ms), "p90_ms": ms[min(len(ms) - 1, int(0.9 * len(ms)))],
                              "bytes": size}
-    finally:
-        conn.close()
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
     return results
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import threading
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -21,9 +19,7 @@ TRAIN_ARGS = ["--epochs", "1", "--batch-size", "64", "--monitor-bank", "300", "-
 @pytest.fixture(scope="module")
 def served(trained_copy) -> Iterator[tuple[str, Path]]:
     """A real tiny run (trained, embedded, k-means labelled) served on a free loopback port: (URL, run folder)."""
-    import uvicorn
-
-    from contrastkit.commands.serve import bind, url_of
+    from contrastkit.commands.serve import bind, serving_in_background, url_of
     from contrastkit.embedding import embed_run
     from contrastkit.explorer.app import create_app
     from contrastkit.explorer.state import RunState
@@ -35,17 +31,8 @@ def served(trained_copy) -> Iterator[tuple[str, Path]]:
     sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
     app = create_app(RunState(run, map_points=200), host="127.0.0.1", port=port)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield url_of("127.0.0.1", port, app.token), run
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    with serving_in_background(app, sock, timeout=30):
+        yield url_of("127.0.0.1", port, app.token), run
 
 
 @pytest.fixture(scope="module")

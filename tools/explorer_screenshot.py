@@ -15,8 +15,6 @@ Usage (after ``make demo``):
 from __future__ import annotations
 
 import argparse
-import threading
-import time
 from pathlib import Path
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -37,45 +35,33 @@ def prepare(run: Path, clusters: int) -> None:
 
 def screenshot(run: Path, out: Path, width: int, height: int) -> None:
     """Serve ``run`` on a free loopback port and save the explorer's window to ``out`` (PNG)."""
-    import uvicorn
     from playwright.sync_api import sync_playwright
 
-    from contrastkit.commands.serve import bind, url_of
+    from contrastkit.commands.serve import bind, serving_in_background, url_of
     from contrastkit.explorer.app import create_app
     from contrastkit.explorer.state import RunState
 
     sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
     app = create_app(RunState(run, log=lambda s: print(f"  {s}", flush=True)), host="127.0.0.1", port=port)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
     errors: list[str] = []
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": width, "height": height})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url_of("127.0.0.1", port, app.token))
-            page.wait_for_function("() => document.querySelectorAll('#grid .tile img').length > 0")
-            page.select_option("select[name=sort]", "confidence")
-            page.wait_for_timeout(500)  # the grid reloads sorted
-            page.wait_for_function("() => [...document.querySelectorAll('#grid .tile img')].every(i => i.complete && i.naturalWidth > 0)")
-            page.locator("#grid .tile").first.click()
-            page.wait_for_function("() => document.querySelectorAll('#neighbours .tile img').length > 0")
-            page.wait_for_function("() => [...document.querySelectorAll('#neighbours .tile img')].every(i => i.complete && i.naturalWidth > 0)")
-            page.wait_for_function("() => document.querySelector('#map').getContext('2d').getImageData(0, 0, 300, 300).data.some(v => v)")
-            out.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(out))
-            browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    with serving_in_background(app, sock), sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": width, "height": height})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url_of("127.0.0.1", port, app.token))
+        page.wait_for_function("() => document.querySelectorAll('#grid .tile img').length > 0")
+        page.select_option("select[name=sort]", "confidence")
+        page.wait_for_timeout(500)  # the grid reloads sorted
+        page.wait_for_function("() => [...document.querySelectorAll('#grid .tile img')].every(i => i.complete && i.naturalWidth > 0)")
+        page.locator("#grid .tile").first.click()
+        page.wait_for_function("() => document.querySelectorAll('#neighbours .tile img').length > 0")
+        page.wait_for_function("() => [...document.querySelectorAll('#neighbours .tile img')].every(i => i.complete && i.naturalWidth > 0)")
+        page.wait_for_function("() => document.querySelector('#map').getContext('2d').getImageData(0, 0, 300, 300).data.some(v => v)")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(out))
+        browser.close()
     if errors:
         raise SystemExit(f"the page reported errors: {errors}")
     print(f"wrote {out} ({width}x{height})")

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import socket
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any, Iterator
 
 NAME = "serve"
 HELP = "open a local web explorer of a run: images, map, neighbours, search by image, label review, data problems"
@@ -90,3 +94,28 @@ def run(args: argparse.Namespace) -> int:
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
     server.run(sockets=[sock])
     return 0
+
+
+@contextlib.contextmanager
+def serving_in_background(app: Any, sock: socket.socket, timeout: float = 60.0) -> Iterator[None]:
+    """Serve ``app`` on the bound ``sock`` with uvicorn in a daemon thread for the block (tests, benchmarks, tools).
+
+    Waits until the server has started (RuntimeError after ``timeout`` seconds),
+    and on leaving stops it and closes the socket.
+    """
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        if not server.started:
+            raise RuntimeError(f"the server did not start within {timeout:g} s")
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
