@@ -372,6 +372,8 @@ def label_run(
     scan_config: Any = None,
     progress: bool = False,
     on_stage: Callable[[str], None] | None = None,
+    finetune: Any = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Label every item of a run's embeddings and write labels.csv, label_metrics.json and montages.
 
@@ -381,7 +383,9 @@ def label_run(
     that). ``neighbors`` (default :data:`NEIGHBORS`, or SCAN's 20),
     ``kmeans_backend``, ``scan_config`` and ``progress`` go to
     :func:`label_clusters`; ``on_stage`` to :func:`label_from_seeds` (it is called with a short text as
-    each stage of labelling from seeds starts, and before the files are written).
+    each stage of labelling from seeds starts, and before the files are written). With ``finetune`` (a
+    :class:`contrastkit.finetune.FineTuneConfig`) the seeds fine-tune the run's encoder instead
+    (``RUN/finetune/``; ``resume`` continues it).
 
     Returns:
         The metrics written to label_metrics.json, plus ``"result"`` (the
@@ -402,13 +406,13 @@ def label_run(
         raise DataError(f"{run_dir}: no such folder")
     with run_lock(out):  # one command at a time writes the folder (contrastkit.runlock); embed_run locks run_dir
         return _label_locked(run_dir, out, clusters, algorithm, seed_labels, montages, neighbors, seed,
-                             kmeans_backend, scan_config, progress, on_stage or (lambda text: None))
+                             kmeans_backend, scan_config, progress, on_stage or (lambda text: None), finetune, resume)
 
 
 def _label_locked(
     run_dir: Path, out: Path, clusters: int | None, algorithm: str, seed_labels: str | Path | None, montages: bool,
     neighbors: int | None, seed: int, kmeans_backend: str, scan_config: Any, progress: bool,
-    on_stage: Callable[[str], None],
+    on_stage: Callable[[str], None], finetune: Any = None, resume: bool = False,
 ) -> dict[str, Any]:
     """:func:`label_run` once its options are checked and the output folder is locked."""
     from contrastkit import __version__
@@ -457,12 +461,19 @@ def _label_locked(
         neighbors = NEIGHBORS if neighbors is None else neighbors
         result = label_from_seeds(emb.features, idx, y, num_classes=c, neighbors=neighbors, seed=seed,
                                   on_stage=on_stage)
+        if finetune is not None:  # FixMatch from the run's encoder (contrastkit.finetune), the frozen model teaching
+            from contrastkit.finetune import label_by_finetuning
+
+            frozen = result
+            result, metrics["finetune"] = label_by_finetuning(run_dir, emb.sources, idx, y, c, finetune,
+                                                              resume=resume, progress=progress, teacher=frozen.proba)
+            metrics["finetune"].update(teacher=frozen.model, teacher_cv_accuracy=frozen.cv_accuracy)
         labels, confidence = result.labels, result.confidence
         assign = labels
         metrics.update({
             "mode": "seeds", "seed_labels": str(seed_labels), "n_seeds": int(len(idx)),
             "seeds_per_class": np.bincount(y, minlength=c).tolist(), "neighbors": neighbors,
-            "model": result.model, "held_out_accuracy": result.cv_accuracy[result.model],
+            "model": result.model, "held_out_accuracy": result.cv_accuracy.get(result.model),
             "cv_accuracy": result.cv_accuracy, "folds": result.folds,
             "confidence": "the chosen model's probability of the assigned class (1 for seeds)",
             "class_sizes": np.bincount(labels, minlength=c).tolist(),

@@ -12,7 +12,7 @@ HELP = "auto-label every image: clusters, or classes from a few seed labels"
 DESCRIPTION = (
     "Label every item of a run's embeddings (train and test rows; embeds first when\n"
     "embeddings.npy is missing). Give --clusters K for clusters without labels, or --seed-labels CSV\n"
-    "to spread a few labels to all items.\n\n"
+    "to spread a few labels to all items (add --finetune-minutes M to fine-tune the encoder on them).\n\n"
     "Writes into the run folder (or --out):\n"
     "  labels.csv          item,source,label,confidence,cluster per item; label is the cluster number\n"
     "                      (--clusters) or the class name (--seed-labels); cluster is the group of\n"
@@ -59,6 +59,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="k of the kNN graph (spectral, propagation, Poisson) and of the kNN vote among seeds (default: 10), "
         "or of the neighbours SCAN mines (default: 20, the SCAN paper's)",
     )
+    parser.add_argument(
+        "--finetune-minutes", type=float, default=None, metavar="M",
+        help="with --seed-labels: fine-tune the run's encoder on the seeds for M minutes with FixMatch (Sohn et al. "
+        "2020: seeds' weak views with their labels, and every training image's strong view trained towards the "
+        "prediction on its weak view where that is above 0.95, and towards the frozen-embedding model's label on "
+        "its most confident half), then label every item with it instead of the frozen model; writes RUN/finetune/ (checkpoints, log.jsonl). What it gains over the frozen models "
+        "is measured in BENCHMARKS.md",
+    )
+    parser.add_argument("--resume", action="store_true",
+                        help="with --finetune-minutes: continue RUN/finetune/ from its last checkpoint (the same "
+                        "seeds; a larger --finetune-minutes trains on)")
     parser.add_argument("--review", type=int, default=0, metavar="N",
                         help="print the N least confident items (index, source, label, confidence) to check by hand")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: the run folder)")
@@ -74,10 +85,20 @@ def run(args: argparse.Namespace) -> int:
 
     if args.review < 0:
         raise ConfigError(f"--review must be >= 0, got {args.review}")
+    finetune = None
+    if args.finetune_minutes is not None:
+        from contrastkit.finetune import FineTuneConfig
+
+        if args.seed_labels is None:
+            raise ConfigError("--finetune-minutes fine-tunes on seed labels: give --seed-labels CSV")
+        finetune = FineTuneConfig(minutes=args.finetune_minutes, seed=args.seed)
+        finetune.check()
+    elif args.resume:
+        raise ConfigError("--resume continues a fine-tuning: give it with --finetune-minutes")
     m = label_run(
         args.run, clusters=args.clusters, algorithm=args.algorithm, seed_labels=args.seed_labels,
         out_dir=args.out, montages=not args.no_montage, neighbors=args.neighbors, seed=args.seed,
-        kmeans_backend=args.kmeans_backend, progress=not args.quiet,
+        kmeans_backend=args.kmeans_backend, progress=not args.quiet, finetune=finetune, resume=args.resume,
     )
     out = args.out or args.run
     truth = m.get("ground_truth")
@@ -95,8 +116,15 @@ def run(args: argparse.Namespace) -> int:
                   f"{min(sc['head_losses']):.4f}); items above the self-labelling threshold: "
                   f"{sc['confident_before_selflabel']:.1%} before, {sc['confident_after']:.1%} after")
     else:
-        cv = ", ".join(f"{k} {v:.2%}" for k, v in m["cv_accuracy"].items())
-        print(f"{m['n_seeds']} seed labels; held-out accuracy over {m['folds']} folds: {cv}; chosen: {m['model']}")
+        if "finetune" in m:
+            ft = m["finetune"]
+            share = ft["last_epoch"].get("mask_rate")
+            print(f"{m['n_seeds']} seed labels; fine-tuned with FixMatch for {ft['steps']} steps in "
+                  f"{ft['seconds'] / 60:.1f} minutes" + (f" (last epoch: {share:.0%} of unlabelled images "
+                                                        "pseudo-labelled)" if share is not None else ""))
+        else:
+            cv = ", ".join(f"{k} {v:.2%}" for k, v in m["cv_accuracy"].items())
+            print(f"{m['n_seeds']} seed labels; held-out accuracy over {m['folds']} folds: {cv}; chosen: {m['model']}")
         if truth and truth["accuracy_non_seed"] is not None:
             print(f"accuracy on the {truth['n_non_seed_labelled']} labelled non-seed items: {truth['accuracy_non_seed']:.2%}")
             for split, t in m.get("ground_truth_by_split", {}).items():
