@@ -310,10 +310,15 @@ def test_complete_keeps_visible_pixels_and_reports_both_baselines(generated_run,
                  "--out", str(out)]) == 0
     info = json.loads((out / "complete.json").read_text())
     assert [q["item"] for q in info["queries"]] == [5, None] and info["hidden_fraction"] == 0.5
-    assert set(info["means"]) == {"mean_fill", "nearest_neighbour", "generator_mean", "generator_best"}
+    assert set(info["means"]) == {"mean_fill", "nearest_neighbour", "nearest_average", "generator_mean",
+                                  "generator_best", "generator_average"}
     images = np.load(out / "completions.npz")["images"]
     assert images.shape == (4, 1, 28, 28)
     q = np.asarray(Image.open(query))
+    average = np.round(images[2:, 0].astype(np.float64).mean(0))  # the file query's two completions, averaged
+    by_hand = np.mean(np.square((average[:14] - q[:14]) / 255.0))  # over the hidden top half
+    assert info["queries"][1]["generator_average"] == pytest.approx(by_hand, rel=1e-5)
+    assert info["queries"][1]["generator_best"] <= info["queries"][1]["generator_mean"]
     assert np.array_equal(images[2, 0, 14:], q[14:]) and np.array_equal(images[3, 0, 14:], q[14:])  # visible kept
     assert Image.open(out / "completion.png").size[0] > 6 * 28
     again = tmp_path / "again"

@@ -12,7 +12,9 @@ DESCRIPTION = (
     "(contrastkit train-generator): replacement on the flow's straight paths (RePaint without resampling),\n"
     "conditioned on the encoder's embedding of the visible part, --guidance as in generate. The masked-region\n"
     "error (mean squared, intensities in [0, 1]) is reported beside two baselines: the visible pixels' mean, and\n"
-    "the masked region of the training image nearest in embedding space (the query itself left out).\n\n"
+    "the masked region of the training image nearest in embedding space (the query itself left out). Squared\n"
+    "error favours averages, so it is also given for the pixel-wise average of the --n completions beside the\n"
+    "average of the --n nearest neighbours.\n\n"
     "Writes into --out DIR:\n"
     "  completion.png   per query: original, masked input, mean fill, nearest neighbour, completions\n"
     "  completions.npz  images: uint8, every completion\n"
@@ -46,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
     m = info["means"]
     print(f"{len(args.queries)} queries, mask {args.mask} ({info['hidden_fraction']:.0%} hidden), {args.n} "
           f"completions each; masked-region mean squared error (lower is better):")
-    print(f"  mean fill {m['mean_fill']:.4f}  nearest neighbour {m['nearest_neighbour']:.4f}  "
+    print(f"  one fill:        mean fill {m['mean_fill']:.4f}  nearest neighbour {m['nearest_neighbour']:.4f}  "
           f"generator {m['generator_mean']:.4f} (best of {args.n}: {m['generator_best']:.4f})")
+    print(f"  average of {args.n}:    nearest neighbours {m['nearest_average']:.4f}  "
+          f"completions {m['generator_average']:.4f}")
     print("wrote " + ", ".join(info["files"]))
     return 0

@@ -21,6 +21,14 @@ Baselines on the masked region (mean squared error in [0, 1] intensities):
   embedding is nearest (cosine) the masked query's embedding (the query
   itself left out when it is an item of the training split).
 
+Squared error rewards averages: the pixel-wise mean of many plausible fills
+scores better than any one of them. So the errors come in two matched pairs:
+one completion (``generator_mean``, the mean error over the ``n``
+completions; ``generator_best``, the best of them) against one neighbour
+(``nearest_neighbour``), and the average of the ``n`` completions
+(``generator_average``) against the average of the ``n`` nearest neighbours
+(``nearest_average``).
+
 Writes into DIR: ``completion.png`` (per query a row: original, masked input,
 mean fill, nearest neighbour, then the completions), ``completions.npz``
 (``images``: uint8, every completion) and ``complete.json`` (masked-region
@@ -109,6 +117,11 @@ def inpaint(gen: Generator, known: torch.Tensor, mask: torch.Tensor, cond: torch
     return to_uint8(torch.where(hidden, x, y))
 
 
+def _average(images: torch.Tensor) -> torch.Tensor:
+    """The pixel-wise mean uint8 (C, H, W) of uint8 images (K, C, H, W), rounded."""
+    return images.float().mean(0).round().to(torch.uint8)
+
+
 def _embed(run_dir: Path, images: torch.Tensor) -> np.ndarray:
     """The run encoder's features (B, D) of uint8 images, as ``embed`` computes them."""
     from contrastkit.checkpoint import load_method
@@ -180,27 +193,33 @@ def complete_run(run_dir: str | Path, queries: Sequence[str], out_dir: str | Pat
     visible_emb = _embed(run_dir, filled)  # (Q, D): what the visible part shows
     emb = read_embeddings(run_dir)
     train_rows = np.flatnonzero(np.array([s == "train" for s in emb.splits], dtype=bool))
-    _, nn_idx = exact_search(normalise(np.asarray(emb.features[train_rows], np.float32)), normalise(visible_emb), 2)
+    _, nn_idx = exact_search(normalise(np.asarray(emb.features[train_rows], np.float32)), normalise(visible_emb),
+                             min(n + 1, len(train_rows)))
     from contrastkit.montage import run_images
 
     get, why = run_images(run_dir, emb.sources)
     if get is None:
         raise DataError(f"{run_dir}: the nearest-neighbour baseline needs the run's images: {why}")
-    nearest = []
-    for j, item in enumerate(items):  # the query itself is not its own neighbour
-        row = next(int(train_rows[r]) for r in nn_idx[j] if int(train_rows[r]) != item)
-        nearest.append(torch.from_numpy(get(torch.tensor([row]))[0]))
-    nn_fill = torch.where(m, torch.stack(nearest), originals)
+    nearest = []  # per query its n nearest training images (uint8 (n, C, H, W)), the query itself left out
+    for j, item in enumerate(items):
+        rows = [int(train_rows[r]) for r in nn_idx[j] if int(train_rows[r]) != item][:n]
+        nearest.append(torch.from_numpy(get(torch.tensor(rows))))
+    nn_fill = torch.where(m, torch.stack([x[0] for x in nearest]), originals)
+    nn_average = torch.where(m, torch.stack([_average(x) for x in nearest]), originals)
     cond = (torch.from_numpy(visible_emb) - gen.mean) / gen.std
     completions = inpaint(gen, originals.repeat_interleave(n, 0), m, cond.repeat_interleave(n, 0), steps, guidance,
                           noise)  # (Q * n, C, H, W)
     gen_err = masked_error(completions, originals.repeat_interleave(n, 0), m).view(len(queries), n)
+    gen_average = torch.stack([_average(completions[j * n:(j + 1) * n]) for j in range(len(queries))])
     per_query = [{"query": q, "item": it if it >= 0 else None,
                   "mean_fill": float(masked_error(filled[j:j + 1], originals[j:j + 1], m)[0]),
                   "nearest_neighbour": float(masked_error(nn_fill[j:j + 1], originals[j:j + 1], m)[0]),
-                  "generator_mean": float(gen_err[j].mean()), "generator_best": float(gen_err[j].min())}
+                  "nearest_average": float(masked_error(nn_average[j:j + 1], originals[j:j + 1], m)[0]),
+                  "generator_mean": float(gen_err[j].mean()), "generator_best": float(gen_err[j].min()),
+                  "generator_average": float(masked_error(gen_average[j:j + 1], originals[j:j + 1], m)[0])}
                  for j, (q, it) in enumerate(zip(queries, items))]
-    keys = ("mean_fill", "nearest_neighbour", "generator_mean", "generator_best")
+    keys = ("mean_fill", "nearest_neighbour", "nearest_average", "generator_mean", "generator_best",
+            "generator_average")
     info: dict[str, Any] = {"run": str(run_dir), "mask": mask, "hidden_fraction": float(m.float().mean()), "n": n,
                             "steps": steps, "guidance": guidance, "seed": seed,
                             "method": "replacement on straight flow paths (RePaint without resampling), conditioned "
