@@ -103,7 +103,8 @@ def test_finetuning_labels_every_item_keeps_the_seeds_and_beats_chance_far(train
     assert saved["finetune"]["config"]["threshold"] == 0.95 and saved["model"] == "finetune"
 
 
-def test_a_budget_cut_then_resume_ends_with_the_uninterrupted_weights(trained_copy, tmp_path, monkeypatch) -> None:
+def test_a_budget_cut_then_resume_ends_with_the_uninterrupted_weights(trained_copy, tmp_path, monkeypatch,
+                                                                        capsys) -> None:
     whole, cut = _embedded(trained_copy, "ft-whole"), _embedded(trained_copy, "ft-cut")
     _seed_csv(whole, 3, tmp_path / "seeds.csv")
     config = FineTuneConfig(**SMALL)
@@ -114,6 +115,7 @@ def test_a_budget_cut_then_resume_ends_with_the_uninterrupted_weights(trained_co
               montages=False)
     state = torch.load(cut / FINETUNE_DIR / "checkpoints" / "last.pt", weights_only=True)
     assert state["stopped_on_time"] and state["epoch"] * 25 + state.get("step_in_epoch", 0) < 12
+    assert "with a larger --finetune-minutes to train on" in capsys.readouterr().err  # the option this command has
     with pytest.raises(ConfigError, match="already holds a run"):
         label_run(cut, seed_labels=tmp_path / "seeds.csv", finetune=config, montages=False)
     with pytest.raises(ConfigError, match="other seeds or settings"):

@@ -328,7 +328,8 @@ def run(
                     per_step = (time.perf_counter() - t_first_step) / ESTIMATE_AFTER_STEPS
                     left = budget_s - elapsed() if budget_s is not None else None
                     tqdm.write(expected_time_line(per_step, total_steps - global_step - 1, plan.epochs - epoch,
-                                                  left, plan.minutes, monitored=monitor is not None), file=sys.stderr)
+                                                  left, plan.minutes, monitored=monitor is not None,
+                                                  budget_option=plan.budget_option), file=sys.stderr)
                 if out_of_time and c.step_in_epoch < steps_per_epoch:
                     checkpoint(batches)  # cut short inside the epoch: resumable from here
                     break
@@ -389,7 +390,7 @@ def run(
     if stopped_on_time and main and not done and report:
         tqdm.write(f"time budget: stopped after {elapsed() / 60:.2f} of {plan.minutes:g} minutes at epoch "
                    f"{c.epoch + (1 if partial else 0)}/{plan.epochs}, step {c.step_in_epoch or steps_per_epoch}"
-                   + (f"; {last_path} resumes it (with a larger --minutes to train on)" if run_dir is not None else ""),
+                   + (f"; {last_path} resumes it (with a larger {plan.budget_option} to train on)" if run_dir is not None else ""),
                    file=sys.stderr)
     distributed.barrier()  # the other ranks return once rank 0 has written the run folder
     return RunResult(history=history, best=c.best, stopped_early=c.stopped_early,

@@ -81,6 +81,7 @@ class Plan:
     lr: Callable[[int], float]  # global step -> learning rate (pure: resume depends on it)
     checkpoint_minutes: float = 5.0  # also checkpoint inside an epoch at this interval
     minutes: float | None = None  # wall-clock budget of the whole run (see the module docstring); None = none
+    budget_option: str = "--minutes"  # how messages name the budget's command-line option
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -88,7 +89,7 @@ class Plan:
         if not self.checkpoint_minutes > 0:
             raise ConfigError(f"--checkpoint-minutes must be > 0, got {self.checkpoint_minutes}")
         if self.minutes is not None and not 0 < self.minutes < float("inf"):
-            raise ConfigError(f"--minutes must be > 0 (a wall-clock budget), got {self.minutes}")
+            raise ConfigError(f"{self.budget_option} must be > 0 (a wall-clock budget), got {self.minutes}")
 
 
 @dataclass

@@ -17,7 +17,7 @@ def _duration(seconds: float) -> str:
 
 
 def expected_time_line(per_step_s: float, steps_left: int, epochs_left: int, budget_left_s: float | None,
-                       minutes: float | None, monitored: bool = True) -> str:
+                       minutes: float | None, monitored: bool = True, budget_option: str = "--minutes") -> str:
     """The line printed once the first steps are timed: how long the rest of the run should take."""
     expected = per_step_s * steps_left
     line = (f"expected: about {_duration(expected)} more for {steps_left} step{'s' * (steps_left != 1)} "
@@ -25,7 +25,7 @@ def expected_time_line(per_step_s: float, steps_left: int, epochs_left: int, bud
     if monitored:
         line += f", plus the monitor at the end of each of {epochs_left} epoch{'s' * (epochs_left != 1)}"
     if budget_left_s is not None and minutes is not None and budget_left_s < expected:
-        line += (f"; the --minutes {minutes:g} budget stops it after about {_duration(max(budget_left_s, 0.0))} "
+        line += (f"; the {budget_option} {minutes:g} budget stops it after about {_duration(max(budget_left_s, 0.0))} "
                  f"(about {int(max(budget_left_s, 0.0) / max(per_step_s, 1e-9))} of these steps)")
     return line
 

@@ -371,7 +371,8 @@ def finetune_from_seeds(run_dir: str | Path, sources: list[str], seed_idx: np.nd
     source = SeedBatches(data.train, torch.arange(n_train), seed_images, torch.from_numpy(seed_labels), weak, strong,
                          config, runtime, taught)
     epochs = max(1, math.ceil(config.steps / source.steps_per_epoch))
-    plan = Plan(epochs=epochs, lr=_lr(config), checkpoint_minutes=config.checkpoint_minutes, minutes=config.minutes)
+    plan = Plan(epochs=epochs, lr=_lr(config), checkpoint_minutes=config.checkpoint_minutes, minutes=config.minutes,
+                budget_option="--finetune-minutes")
     out_dir = run_dir / FINETUNE_DIR
     settings = {"config": dataclasses.asdict(config), "seeds": seed_idx.tolist(), "seed_labels": seed_labels.tolist(),
                 "num_classes": int(num_classes)}
