@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from contrastkit.cli import main as ck
 from contrastkit.finetune import FineTuneConfig
 from contrastkit.label import label_run
 
@@ -83,6 +84,8 @@ def main() -> None:
     args = p.parse_args()
     variants = args.variant if args.variant is not None else [""]
     print(describe())
+    if not (args.run / "items.csv").is_file() and ck(["embed", str(args.run)]):  # a run fresh from bench/quality.py
+        raise SystemExit(f"embedding {args.run} failed")
     results: dict[str, list[dict[str, Any]]] = {"frozen": []}
     for v in variants:
         results[f"finetune {v or 'default'}"] = []

@@ -19,7 +19,7 @@ e.g. ``runs/bench-generation/conditional`` from ``bench/generation.py``):
    against the average of ``--n`` nearest neighbours.
 3. **Copy detection.** A copy of the run whose data are ``--copy-items``
    training images (stratified; 1 000 test images as its held-out split)
-   gets its own generator (``--copy-minutes`` at ``--copy-batch-size``, epochs uncapped; the
+   gets its own generator (``--copy-epochs`` at ``--copy-batch-size`` within ``--copy-minutes``; the
    copy keeps the run's encoder, its config and checkpoints pointed at the
    small data), and
    ``contrastkit fidelity`` scores its samples against those images; the
@@ -191,8 +191,10 @@ def copy_part(run: Path, emb, labels: np.ndarray, args: argparse.Namespace, imag
         point_at(copy, data.resolve())
         if ck(["embed", str(copy)]):
             raise SystemExit("embedding the small copy failed")
-        if ck(["train-generator", str(copy), "--minutes", str(args.copy_minutes), "--epochs", "1000000",
-               "--rep-epochs", "1000000", "--rep-batch-size", str(min(256, args.copy_items)), "--batch-size",
+        # Epoch counts, not "unlimited": the warm-up and cosine schedule span the planned steps, so an
+        # epoch cap far beyond what the budget reaches would keep the learning rate near zero throughout.
+        if ck(["train-generator", str(copy), "--minutes", str(args.copy_minutes), "--epochs", str(args.copy_epochs),
+               "--rep-epochs", str(args.copy_rep_epochs), "--rep-batch-size", str(min(256, args.copy_items)), "--batch-size",
                str(min(args.copy_batch_size, args.copy_items)), "--quiet"]):
             raise SystemExit("train-generator on the small copy failed")
         (copy / "generator" / "done").write_text("done\n")
@@ -222,7 +224,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50, help="Euler steps (default: 50)")
     p.add_argument("--judge-epochs", type=int, default=3, help="epochs of the supervised judge (default: 3)")
     p.add_argument("--copy-items", type=int, default=200, help="training images of the small generator (default: 200)")
-    p.add_argument("--copy-minutes", type=float, default=5.0, help="its train-generator budget (default: 5)")
+    p.add_argument("--copy-minutes", type=float, default=15.0, help="its train-generator budget (default: 15)")
+    p.add_argument("--copy-epochs", type=int, default=1000,
+                   help="its pixel generator's epochs: the schedule's length, sized to end within the budget (default: 1000)")
+    p.add_argument("--copy-rep-epochs", type=int, default=400,
+                   help="its representation generator's epochs (one step each at 200 items; default: 400)")
     p.add_argument("--copy-batch-size", type=int, default=32,
                    help="its pixel generator's batch size: more steps per minute on 200 images (default: 32)")
     p.add_argument("--copy-samples", type=int, default=500, help="samples scored for copies (default: 500)")
