@@ -106,6 +106,9 @@ def test_correcting_a_label_writes_the_seed_csv(browser, served):
     assert {"item": sources[first], "label": "Trouser"} in _seeds(run)
     selected = int(page.locator("#grid .tile.selected").get_attribute("data-item"))
     assert selected != first  # moved on to the next item
+    page.keyboard.press("0")  # 0 is the tenth class name: Ankle boot
+    page.wait_for_function(f"() => document.querySelector('#status').textContent.includes('#{selected} labelled Ankle boot')")
+    assert {"item": sources[selected], "label": "Ankle boot"} in _seeds(run)
     page.keyboard.press("Backspace")  # undo on the next item: nothing to remove, still no error
     assert errors == []
     page.close()

@@ -280,6 +280,9 @@ function setMode(mode) {
   loadPage();
 }
 
+// keys 1-9 choose the first nine classes and 0 the tenth, as on a keyboard's number row
+const choiceIndex = (key) => (key === "0" ? 9 : Number(key) - 1);
+
 function onKey(e) {
   if (state.mode !== "review" || e.target.tagName === "INPUT" || e.target.tagName === "SELECT") return;
   const it = state.items[state.selected];
@@ -289,10 +292,10 @@ function onKey(e) {
   else if (e.key === "a" || e.key === "Enter") {
     const current = it.correction ?? it.label;
     if (state.info.choices.includes(current)) setLabel(it.item, current);
-    else say(`#${it.item}: its auto-label ${current} is a cluster number, not a class: choose one with 1-9`, true);
+    else say(`#${it.item}: its auto-label ${current} is a cluster number, not a class: choose one with 1-9 or 0`, true);
   }
   else if (e.key === "Backspace") setLabel(it.item, null);
-  else if (/^[1-9]$/.test(e.key) && state.info.choices[Number(e.key) - 1] !== undefined) setLabel(it.item, state.info.choices[Number(e.key) - 1]);
+  else if (/^[0-9]$/.test(e.key) && state.info.choices[choiceIndex(e.key)] !== undefined) setLabel(it.item, state.info.choices[choiceIndex(e.key)]);
   else return;
   e.preventDefault();
 }
